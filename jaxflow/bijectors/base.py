@@ -1,0 +1,277 @@
+"""The bijector protocol and its combinators: `Bijector`, `invert`, `chain`, `stack`.
+
+A bijector is a value holding pure functions (cf. `optax.GradientTransformation`):
+
+    init(key)                          -> params       pytree of float arrays
+    forward(params, x, context=None)   -> (y, log_det) base -> data direction
+    inverse(params, y, context=None)   -> (x, log_det) data -> base direction
+
+One event per call: `x` has the event shape and `log_det` is a scalar, the log
+|det| of the Jacobian summed over the event. Batch with `jax.vmap`.
+
+Stochastic bijectors (residual flows with estimated log-dets) take one more
+keyword, `key`, in `forward` and `inverse` and set `stochastic=True`; the
+combinators and `Flow` split and pass keys to them and never to the others, so
+deterministic bijectors keep the three-argument signature.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, NamedTuple, Protocol
+
+import jax
+import jax.numpy as jnp
+
+from jaxflow import validation
+
+Array = jax.Array
+Params = Any  # a pytree of inexact arrays
+PRNGKey = jax.Array
+
+
+class TransformFn(Protocol):
+    def __call__(self, params: Params, x: Array, context: Array | None = None) -> tuple[Array, Array]:
+        """Maps one event and returns `(y, log_det)`, `log_det` a scalar."""
+
+
+class DataInitFn(Protocol):
+    def __call__(self, params: Params, y: Array, context: Array | None = None) -> tuple[Params, Array]:
+        """Re-initialises params from a data batch `y` (batch, *event); returns (params, x)."""
+
+
+class Bijector(NamedTuple):
+    """A bijection as pure functions.
+
+    Attributes:
+      init: `key -> params`.
+      forward: `(params, x, context=None) -> (y, log_det)`, base to data.
+      inverse: `(params, y, context=None) -> (x, log_det)`, data to base.
+      name: used in error messages and validation reports.
+      stochastic: if True, `forward` and `inverse` also take `key=` and return
+        an unbiased estimate of the log-det.
+      data_init: optional data-dependent initialisation (ActNorm). It receives
+        a batch in the data space and returns params and the batch mapped
+        towards the base. `None` means the params do not depend on data.
+    """
+
+    init: Callable[[PRNGKey], Params]
+    forward: TransformFn
+    inverse: TransformFn
+    name: str = "bijector"
+    stochastic: bool = False
+    data_init: DataInitFn | None = None
+
+
+def transform(bijector: Bijector, direction: str, params, x, context=None, key=None):
+    """Calls `bijector.forward` or `.inverse`, passing `key` only to stochastic bijectors."""
+    fn = getattr(bijector, direction)
+    if not bijector.stochastic:
+        return fn(params, x, context)
+    if key is None:
+        raise ValueError(
+            f"{bijector.name} estimates its log-det stochastically and needs a PRNG key: "
+            f"pass key=... to {direction} (or to Flow.log_prob / sample)."
+        )
+    return fn(params, x, context, key=key)
+
+
+def initialize_from_data(bijector: Bijector, params, y, context=None):
+    """Runs data-dependent initialisation over a batch `y` of shape (batch, *event).
+
+    Returns `(params, x)`, where `x` is the batch mapped to the base side. Layers
+    without `data_init` keep their params.
+    """
+    if bijector.data_init is not None:
+        return bijector.data_init(params, y, context)
+    if bijector.stochastic:
+        raise ValueError(f"{bijector.name}: data-dependent initialisation through a stochastic bijector is not supported.")
+    context_axis = None if context is None or jnp.ndim(context) == 0 else 0
+    inverse = jax.vmap(bijector.inverse, in_axes=(None, 0, context_axis))
+    x, _ = inverse(params, y, context)
+    return params, x
+
+
+def invert(bijector: Bijector) -> Bijector:
+    """Swaps forward and inverse (MAF <-> IAF: choose which direction is cheap)."""
+    data_init = None
+    if bijector.data_init is not None:
+        data_init = _invert_data_init(bijector)
+    return bijector._replace(
+        forward=bijector.inverse, inverse=bijector.forward, name=f"invert({bijector.name})", data_init=data_init
+    )
+
+
+def _invert_data_init(bijector):
+    def data_init(params, y, context=None):
+        raise NotImplementedError(
+            f"data-dependent initialisation of invert({bijector.name}) would need the forward direction; "
+            "initialise the bijector before inverting it."
+        )
+
+    return data_init
+
+
+def chain(*bijectors: Bijector, name: str = "chain") -> Bijector:
+    """Composes bijectors; the first listed is applied first in `forward`.
+
+    `chain(a, b).forward(x) = b.forward(a.forward(x))`. Params are a tuple, one
+    entry per member. For many layers of one kind use `stack`, which compiles once.
+    """
+    if not bijectors:
+        raise ValueError("chain needs at least one bijector")
+    stochastic = any(b.stochastic for b in bijectors)
+    labels = [f"{name}[{i}] {b.name}" for i, b in enumerate(bijectors)]
+
+    def init(key):
+        keys = jax.random.split(key, len(bijectors))
+        return tuple(b.init(k) for b, k in zip(bijectors, keys))
+
+    def run(direction, params, x, context, key):
+        _check_params_length(params, len(bijectors), name)
+        order = range(len(bijectors)) if direction == "forward" else reversed(range(len(bijectors)))
+        keys = _split_or_none(key, len(bijectors))
+        total = jnp.zeros((), _log_det_dtype(x))
+        for i in order:
+            x, log_det = transform(bijectors[i], direction, params[i], x, context, keys[i])
+            validation.check_finite(labels[i], direction, x, log_det)
+            total = total + log_det
+        return x, total
+
+    def forward(params, x, context=None, *, key=None):
+        return run("forward", params, x, context, key)
+
+    def inverse(params, y, context=None, *, key=None):
+        return run("inverse", params, y, context, key)
+
+    def data_init(params, y, context=None):
+        new_params = list(params)
+        for i in reversed(range(len(bijectors))):
+            new_params[i], y = initialize_from_data(bijectors[i], params[i], y, context)
+        return tuple(new_params), y
+
+    has_data_init = any(b.data_init is not None for b in bijectors)
+    return Bijector(
+        init, *_maybe_keyless(forward, inverse, stochastic), name, stochastic, data_init if has_data_init else None
+    )
+
+
+def stack(layer: Bijector | Callable[[Any], Bijector], num_layers: int, *, constants=None, name: str | None = None) -> Bijector:
+    """Repeats one layer `num_layers` times with independent params, applied with `lax.scan`.
+
+    The layer body is traced and compiled once, so compile time does not grow
+    with depth. `inverse` scans the layers in reverse order.
+
+    Args:
+      layer: a `Bijector`, or, when `constants` is given, a function mapping one
+        layer's slice of `constants` to a `Bijector` (e.g. a permutation).
+      num_layers: number of layers.
+      constants: optional pytree of per-layer constants with leading axis
+        `num_layers` (e.g. random permutations as int arrays). They are scanned
+        alongside the params but are configuration, never params.
+      name: used in error messages (defaults to `stack(<layer name>)`).
+    """
+    if num_layers < 1:
+        raise ValueError(f"stack needs num_layers >= 1, got {num_layers}")
+    if constants is None:
+        build = lambda _: layer  # noqa: E731
+    else:
+        _check_constants(constants, num_layers)
+        build = layer
+    prototype = build(jax.tree.map(lambda c: c[0], constants))
+    name = name or f"stack({prototype.name})"
+    indices = jnp.arange(num_layers)
+
+    def init(key):
+        keys = jax.random.split(key, num_layers)
+        return jax.vmap(lambda k, c: build(c).init(k))(keys, constants)
+
+    def run(direction, params, x, context, key):
+        _check_stacked_params(params, num_layers, name)
+        keys = None if key is None or not prototype.stochastic else jax.random.split(key, num_layers)
+
+        def body(carry, layer_inputs):
+            x, total = carry
+            layer_params, layer_constants, layer_key, index = layer_inputs
+            y, log_det = transform(build(layer_constants), direction, layer_params, x, context, layer_key)
+            validation.check_finite(f"{name} layer", direction, y, log_det, index=index)
+            return (y, total + log_det), None
+
+        carry = (x, jnp.zeros((), _log_det_dtype(x)))
+        scanned = (params, constants, keys, indices)
+        (y, log_det), _ = jax.lax.scan(body, carry, scanned, reverse=direction == "inverse")
+        return y, log_det
+
+    def forward(params, x, context=None, *, key=None):
+        return run("forward", params, x, context, key)
+
+    def inverse(params, y, context=None, *, key=None):
+        return run("inverse", params, y, context, key)
+
+    def data_init(params, y, context=None):
+        def body(y, layer_inputs):
+            layer_params, layer_constants = layer_inputs
+            new_params, x = initialize_from_data(build(layer_constants), layer_params, y, context)
+            return x, new_params
+
+        x, new_params = jax.lax.scan(body, y, (params, constants), reverse=True)
+        return new_params, x
+
+    stochastic = prototype.stochastic
+    return Bijector(
+        init,
+        *_maybe_keyless(forward, inverse, stochastic),
+        name,
+        stochastic,
+        data_init if prototype.data_init is not None else None,
+    )
+
+
+def _maybe_keyless(forward, inverse, stochastic):
+    """Deterministic combinators expose the plain three-argument signature."""
+    if stochastic:
+        return forward, inverse
+    return (lambda p, x, context=None: forward(p, x, context)), (lambda p, y, context=None: inverse(p, y, context))
+
+
+def _split_or_none(key, n):
+    return [None] * n if key is None else list(jax.random.split(key, n))
+
+
+def _log_det_dtype(x):
+    dtype = jnp.result_type(x)
+    return dtype if jnp.issubdtype(dtype, jnp.floating) else jnp.result_type(float)
+
+
+def _check_params_length(params, expected, name):
+    if not isinstance(params, (tuple, list)) or len(params) != expected:
+        got = f"{type(params).__name__} of length {len(params)}" if isinstance(params, (tuple, list)) else type(params).__name__
+        raise ValueError(f"{name}: expected params as a tuple of {expected} entries (one per member), got {got}.")
+
+
+def _check_stacked_params(params, num_layers, name):
+    for leaf in jax.tree.leaves(params):
+        if jnp.ndim(leaf) == 0 or jnp.shape(leaf)[0] != num_layers:
+            raise ValueError(
+                f"{name}: every params leaf needs a leading axis of {num_layers} layers, got shape {jnp.shape(leaf)}; "
+                "were these params made by this stack's init?"
+            )
+
+
+def _check_constants(constants, num_layers):
+    for leaf in jax.tree.leaves(constants):
+        if jnp.ndim(leaf) == 0 or jnp.shape(leaf)[0] != num_layers:
+            raise ValueError(f"stack: constants need a leading axis of {num_layers} layers, got shape {jnp.shape(leaf)}.")
+
+
+def freeze(bijector: Bijector, params) -> Bijector:
+    """Fixes a bijector's params: the result has no params of its own (a teacher, a standardiser)."""
+
+    def forward(unused_params, x, context=None, **key):
+        del unused_params
+        return bijector.forward(params, x, context, **key)
+
+    def inverse(unused_params, y, context=None, **key):
+        del unused_params
+        return bijector.inverse(params, y, context, **key)
+
+    return bijector._replace(init=lambda key: (), forward=forward, inverse=inverse, name=f"freeze({bijector.name})", data_init=None)

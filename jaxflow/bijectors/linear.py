@@ -1,0 +1,125 @@
+"""Learnable invertible linear maps over the last axis (Glow's 1x1 convolution on images).
+
+Both act on events of shape (..., C) and mix the C channels at every position, so
+the log-det is the per-position log|det W| times the number of positions.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxflow.bijectors._checks import as_shape, check_event
+from jaxflow.bijectors.base import Bijector
+
+
+def _positions(shape) -> int:
+    return int(np.prod(shape[:-1]))
+
+
+def lu_linear(shape) -> Bijector:
+    """y = W x + b over the last axis with W = L U, always invertible.
+
+    L is unit lower-triangular, U upper-triangular with a positive diagonal
+    exp(log_diag), so det W > 0 for every value of the params and the inverse is two
+    triangular solves. Starts at the identity.
+
+    Params: {"lower": (C, C), "upper": (C, C), "log_diag": (C,), "bias": (C,)}; only
+    the strict triangles of "lower" and "upper" are used.
+
+    References: Kingma & Dhariwal (2018), Glow, https://arxiv.org/abs/1807.03039
+    """
+    shape = as_shape(shape)
+    channels = shape[-1]
+
+    def init(key):
+        del key
+        zeros = jnp.zeros((channels, channels))
+        return {"lower": zeros, "upper": zeros, "log_diag": jnp.zeros(channels), "bias": jnp.zeros(channels)}
+
+    def factors(params):
+        eye = jnp.eye(channels, dtype=params["log_diag"].dtype)
+        lower = jnp.tril(params["lower"], -1) + eye
+        upper = jnp.triu(params["upper"], 1) + jnp.diag(jnp.exp(params["log_diag"]))
+        return lower, upper
+
+    def forward(params, x, context=None):
+        del context
+        x = check_event("lu_linear", x, shape)
+        lower, upper = factors(params)
+        y = x @ (lower @ upper).T + params["bias"]
+        return y, _positions(shape) * jnp.sum(params["log_diag"])
+
+    def inverse(params, y, context=None):
+        del context
+        y = check_event("lu_linear", y, shape)
+        lower, upper = factors(params)
+        rows = (y - params["bias"]).reshape(-1, channels).T
+        z = jax.scipy.linalg.solve_triangular(lower, rows, lower=True, unit_diagonal=True)
+        x = jax.scipy.linalg.solve_triangular(upper, z, lower=False)
+        return x.T.reshape(shape), -_positions(shape) * jnp.sum(params["log_diag"])
+
+    return Bijector(init, forward, inverse, "lu_linear")
+
+
+def linear(shape) -> Bijector:
+    """y = W x over the last axis with an unconstrained W (Glow's plain 1x1 convolution).
+
+    The log-det is slogdet(W) per position, and the inverse a linear solve. W can
+    become singular during training; `lu_linear` cannot. Starts at the identity.
+
+    Params: {"weight": (C, C)}.
+    """
+    shape = as_shape(shape)
+    channels = shape[-1]
+
+    def init(key):
+        del key
+        return {"weight": jnp.eye(channels)}
+
+    def forward(params, x, context=None):
+        del context
+        x = check_event("linear", x, shape)
+        weight = params["weight"]
+        return x @ weight.T, _positions(shape) * jnp.linalg.slogdet(weight)[1]
+
+    def inverse(params, y, context=None):
+        del context
+        y = check_event("linear", y, shape)
+        weight = params["weight"]
+        x = jnp.linalg.solve(weight, y.reshape(-1, channels).T).T
+        return x.reshape(shape), -_positions(shape) * jnp.linalg.slogdet(weight)[1]
+
+    return Bijector(init, forward, inverse, "linear")
+
+
+def fixed_linear(matrix, *, max_condition: float = 1e8) -> Bijector:
+    """y = M x with a constant matrix M (e.g. a whitening transform); no params.
+
+    Raises ValueError if M is not square or is singular (condition number above
+    `max_condition`).
+    """
+    matrix_np = np.asarray(matrix, dtype=np.float64)
+    if matrix_np.ndim != 2 or matrix_np.shape[0] != matrix_np.shape[1]:
+        raise ValueError(f"fixed_linear: expected a square matrix, got shape {matrix_np.shape}.")
+    condition = np.linalg.cond(matrix_np)
+    if not np.isfinite(condition) or condition > max_condition:
+        raise ValueError(f"fixed_linear: the matrix is singular or nearly so (condition number {condition:.3g} > {max_condition:.0e}).")
+    log_det = float(np.linalg.slogdet(matrix_np)[1])
+    inverse_np = np.linalg.inv(matrix_np)
+    size = matrix_np.shape[0]
+
+    def apply(m, x, sign):
+        x = check_event("fixed_linear", x, (size,))
+        return jnp.asarray(m, x.dtype) @ x, jnp.asarray(sign * log_det, x.dtype)
+
+    def forward(params, x, context=None):
+        del params, context
+        return apply(matrix_np, x, 1.0)
+
+    def inverse(params, y, context=None):
+        del params, context
+        return apply(inverse_np, y, -1.0)
+
+    return Bijector(lambda key: (), forward, inverse, "fixed_linear")

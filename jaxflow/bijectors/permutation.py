@@ -1,0 +1,57 @@
+"""Parameter-free reorderings of the last axis: fixed permutations and reversal."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxflow.bijectors._checks import check_event
+from jaxflow.bijectors.base import Bijector
+
+
+def permutation(perm, *, axis: int = -1) -> Bijector:
+    """y[..., i] = x[..., perm[i]] along `axis` (default the last); log-det 0.
+
+    `perm` is configuration: an int array, concrete or (inside `stack` with
+    `constants=`) a traced per-layer slice.
+    """
+    perm = jnp.asarray(perm)
+    if not jnp.issubdtype(perm.dtype, jnp.integer) or perm.ndim != 1:
+        raise TypeError(f"permutation: expected a 1-D integer array, got dtype {perm.dtype} and shape {perm.shape}.")
+    if not isinstance(perm, jax.core.Tracer) and not np.array_equal(np.sort(np.asarray(perm)), np.arange(perm.size)):
+        raise ValueError(f"permutation: {np.asarray(perm).tolist()} is not a permutation of 0..{perm.size - 1}.")
+    inverse_perm = jnp.argsort(perm)
+    size = perm.shape[0]
+
+    def apply(order, x):
+        x = check_event("permutation", x, None)
+        if x.ndim == 0 or x.shape[axis] != size:
+            raise ValueError(f"permutation: expected an event with {size} entries along axis {axis}, got shape {x.shape}.")
+        return jnp.take(x, order, axis=axis), jnp.zeros((), x.dtype)
+
+    def forward(params, x, context=None):
+        del params, context
+        return apply(perm, x)
+
+    def inverse(params, y, context=None):
+        del params, context
+        return apply(inverse_perm, y)
+
+    return Bijector(lambda key: (), forward, inverse, "permutation")
+
+
+def random_permutations(key, num_layers: int, size: int) -> jax.Array:
+    """Independent random permutations, shape (num_layers, size): constants for `stack`."""
+    return jax.vmap(lambda k: jax.random.permutation(k, size))(jax.random.split(key, num_layers))
+
+
+def reverse(*, axis: int = -1) -> Bijector:
+    """Reverses the order along `axis` (default the last); its own inverse; log-det 0."""
+
+    def flip(params, x, context=None):
+        del params, context
+        x = check_event("reverse", x, None)
+        return jnp.flip(x, axis=axis), jnp.zeros((), x.dtype)
+
+    return Bijector(lambda key: (), flip, flip, "reverse")

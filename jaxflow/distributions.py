@@ -1,0 +1,171 @@
+"""Base distributions and `Flow`, a base distribution pushed through a bijector.
+
+A base is a `Distribution(init, log_prob, sample, event_shape)` acting on one event:
+
+    init(key)                -> params
+    log_prob(params, x)      -> scalar          x: event_shape
+    sample(params, key)      -> x               one event
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxflow import validation
+from jaxflow.bijectors._checks import as_shape, check_event
+from jaxflow.bijectors.base import Bijector, transform
+
+_HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
+
+
+class Distribution(NamedTuple):
+    """A distribution over events of `event_shape`, as pure functions of its params."""
+
+    init: Callable
+    log_prob: Callable
+    sample: Callable
+    event_shape: tuple[int, ...]
+    name: str = "distribution"
+
+
+def standard_normal(shape) -> Distribution:
+    """N(0, I) over events of `shape`; no params."""
+    shape = as_shape(shape)
+
+    def log_prob(params, x):
+        del params
+        x = check_event("standard_normal", x, shape)
+        return -0.5 * jnp.sum(jnp.square(x)) - x.size * _HALF_LOG_2PI
+
+    def sample(params, key):
+        del params
+        return jax.random.normal(key, shape)
+
+    return Distribution(lambda key: (), log_prob, sample, shape, "standard_normal")
+
+
+def diagonal_normal(shape) -> Distribution:
+    """N(loc, diag(exp(log_scale))^2) with learnable loc and log_scale (start: N(0, I))."""
+    shape = as_shape(shape)
+
+    def init(key):
+        del key
+        return {"loc": jnp.zeros(shape), "log_scale": jnp.zeros(shape)}
+
+    def log_prob(params, x):
+        x = check_event("diagonal_normal", x, shape)
+        z = (x - params["loc"]) * jnp.exp(-params["log_scale"])
+        return -0.5 * jnp.sum(jnp.square(z)) - jnp.sum(params["log_scale"]) - x.size * _HALF_LOG_2PI
+
+    def sample(params, key):
+        noise = jax.random.normal(key, shape, params["loc"].dtype)
+        return params["loc"] + jnp.exp(params["log_scale"]) * noise
+
+    return Distribution(init, log_prob, sample, shape, "diagonal_normal")
+
+
+class Flow(NamedTuple):
+    """A normalising flow: `x = bijector.forward(z)` with `z ~ base`.
+
+    Params are `{"base": ..., "bijector": ...}`. Every method accepts any leading
+    batch shape on `x` (or `shape` for sampling). `context` is either one context
+    of `context_shape`, shared by the whole batch, or one per sample with the
+    batch shape in front.
+
+    Attributes:
+      base: the base `Distribution`.
+      bijector: the `Bijector` mapping base samples to data.
+      context_shape: shape of one context for a conditional flow, None otherwise.
+    """
+
+    base: Distribution
+    bijector: Bijector
+    context_shape: tuple[int, ...] | None = None
+
+    @property
+    def event_shape(self) -> tuple[int, ...]:
+        return self.base.event_shape
+
+    def init(self, key) -> dict:
+        base_key, bijector_key = jax.random.split(key)
+        return {"base": self.base.init(base_key), "bijector": self.bijector.init(bijector_key)}
+
+    def log_prob(self, params, x, context=None, *, key=None):
+        """log q(x) for x of shape (*batch, *event_shape); one inverse pass."""
+        x = check_event("Flow.log_prob", x, None)
+        batch_shape = self._batch_shape(x.shape, "x")
+        validation.check_finite("Flow.log_prob", "input", x)
+
+        def one(x, context, key):
+            z, log_det = transform(self.bijector, "inverse", params["bijector"], x, context, key)
+            return self.base.log_prob(params["base"], z) + log_det
+
+        return self._map(one, batch_shape, x, context, key)
+
+    def sample(self, params, key, shape=(), context=None):
+        """Draws samples of shape (*shape, *event_shape); one forward pass."""
+        return self.sample_and_log_prob(params, key, shape, context)[0]
+
+    def sample_and_log_prob(self, params, key, shape=(), context=None):
+        """Samples and their log q, from the forward pass alone (no inverse)."""
+        shape = as_shape(shape) if np.ndim(shape) == 0 else tuple(shape)
+        shape = self._sample_shape(shape, context)
+        count = int(np.prod(shape))
+        noise_key, bijector_key = jax.random.split(key)
+        z = jax.vmap(self.base.sample, in_axes=(None, 0))(params["base"], jax.random.split(noise_key, count))
+        z = z.reshape(*shape, *self.event_shape)
+
+        def one(z, context, key):
+            x, log_det = transform(self.bijector, "forward", params["bijector"], z, context, key)
+            return x, self.base.log_prob(params["base"], z) - log_det
+
+        return self._map(one, shape, z, context, bijector_key if self.bijector.stochastic else None)
+
+    def _batch_shape(self, shape, what):
+        event_ndim = len(self.event_shape)
+        if len(shape) < event_ndim or tuple(shape[len(shape) - event_ndim:]) != self.event_shape:
+            raise ValueError(f"Flow: expected {what} with trailing event shape {self.event_shape}, got shape {tuple(shape)}.")
+        return tuple(shape[: len(shape) - event_ndim])
+
+    def _context_batch_shape(self, context):
+        """Batch shape of a context (() for one shared context); validates its event shape."""
+        if self.context_shape is None:
+            if context is not None:
+                raise ValueError(f"Flow is unconditional but got a context of shape {jnp.shape(context)}.")
+            return None
+        if context is None:
+            raise ValueError(f"Flow is conditional: pass a context of shape {self.context_shape} (or with batch dims in front).")
+        context = check_event("Flow", context, None, what="context")
+        n = len(self.context_shape)
+        if context.ndim < n or tuple(context.shape[context.ndim - n:]) != self.context_shape:
+            raise ValueError(f"Flow: expected a context with trailing shape {self.context_shape}, got shape {context.shape}.")
+        return tuple(context.shape[: context.ndim - n])
+
+    def _sample_shape(self, shape, context):
+        context_batch = self._context_batch_shape(context)
+        if not context_batch:
+            return shape
+        if shape in ((), context_batch):
+            return context_batch
+        raise ValueError(f"Flow.sample: shape {shape} does not match the context batch shape {context_batch}.")
+
+    def _map(self, one, batch_shape, x, context, key):
+        """Applies `one(event, context, key)` over the flattened batch and restores its shape."""
+        context_batch = self._context_batch_shape(context)
+        if context_batch and context_batch != batch_shape:
+            raise ValueError(f"Flow: context batch shape {context_batch} does not match the data batch shape {batch_shape}.")
+        if self.bijector.stochastic and key is None:
+            raise ValueError(f"{self.bijector.name} estimates log-dets stochastically: pass key=... to Flow.log_prob.")
+        count = int(np.prod(batch_shape))
+        flat_x = x.reshape(count, *self.event_shape)
+        keys = None if key is None else jax.random.split(key, count)
+        if context_batch:
+            context = context.reshape(count, *self.context_shape)
+        context_axis = 0 if context_batch else None
+        out = jax.vmap(one, in_axes=(0, context_axis, None if keys is None else 0))(flat_x, context, keys)
+        return jax.tree.map(lambda a: a.reshape(*batch_shape, *a.shape[1:]), out)
