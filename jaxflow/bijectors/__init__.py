@@ -1,13 +1,17 @@
 """Bijectors: the protocol, its combinators and the layers built on it."""
 
+from jaxflow.bijectors import transformers
+
 from jaxflow.bijectors.actnorm import actnorm
 from jaxflow.bijectors.base import Bijector, chain, freeze, initialize_from_data, invert, stack, transform
+from jaxflow.bijectors.coupling import additive_coupling, affine_coupling, alternating_mask, coupling, half_mask, random_mask
 from jaxflow.bijectors.elementwise import affine, elementwise, exp, logit, scale, shift, sigmoid, softplus, tanh
 from jaxflow.bijectors.linear import fixed_linear, linear, lu_linear
 from jaxflow.bijectors.permutation import permutation, random_permutations, reverse
 
 __all__ = [
-    "Bijector", "actnorm", "affine", "chain", "elementwise", "exp", "fixed_linear", "freeze",
+    "Bijector", "actnorm", "additive_coupling", "affine", "affine_coupling", "alternating_mask", "coupling",
+    "half_mask", "random_mask", "chain", "elementwise", "exp", "fixed_linear", "freeze",
     "initialize_from_data", "invert", "linear", "logit", "lu_linear", "permutation", "random_permutations",
     "reverse", "scale", "shift", "sigmoid", "softplus", "stack", "tanh", "transform",
 ]

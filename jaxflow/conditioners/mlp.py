@@ -1,0 +1,93 @@
+"""Conditioners: networks that map the conditioning input (and a context) to transformer params.
+
+    Conditioner(init, apply)
+      init(key)                       -> params
+      apply(params, h, context=None)  -> raw params for the transformer
+
+Networks are Flax linen modules; only their params pytrees cross into bijectors. The
+last layer starts at zero, so every fresh flow is the identity.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, NamedTuple, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from jaxflow.bijectors._checks import check_context
+
+
+class Conditioner(NamedTuple):
+    """A network as pure functions: `init(key) -> params`, `apply(params, h, context=None)`."""
+
+    init: Callable
+    apply: Callable
+
+
+class MLP(nn.Module):
+    """Dense layers with `activation` between them; the output layer is zero-initialised."""
+
+    hidden: Sequence[int]
+    out_dim: int
+    activation: Callable = nn.relu
+
+    @nn.compact
+    def __call__(self, h):
+        for width in self.hidden:
+            h = self.activation(nn.Dense(width)(h))
+        return nn.Dense(self.out_dim, kernel_init=nn.initializers.zeros)(h)
+
+
+def _joined(h, context):
+    return h if context is None else jnp.concatenate([h.reshape(-1), context.reshape(-1)])
+
+
+def from_linen(module: nn.Module, in_shape, *, context_dim: int | None = None) -> Conditioner:
+    """Wraps a linen module taking one input array; the context is concatenated to a flat input.
+
+    Args:
+      module: maps h (or concat(h, context) flattened, when conditional) to raw params.
+      in_shape: shape of h (without context).
+      context_dim: size of the context; None for an unconditional conditioner.
+    """
+    in_shape = (in_shape,) if isinstance(in_shape, int) else tuple(in_shape)
+    context_shape = None if context_dim is None else (context_dim,)
+    example = jnp.zeros(in_shape)
+    if context_shape is not None:
+        example = _joined(example, jnp.zeros(context_shape))
+
+    def init(key):
+        return module.init(key, example)
+
+    def apply(params, h, context=None):
+        context = check_context("conditioner", context, context_shape)
+        return module.apply(params, _joined(h, context))
+
+    return Conditioner(init, apply)
+
+
+def mlp(in_dim: int, out_dim: int, *, hidden: Sequence[int] = (128, 128), activation: Callable = nn.relu, context_dim: int | None = None) -> Conditioner:
+    """A multilayer perceptron conditioner from `in_dim` (+ `context_dim`) to `out_dim`."""
+    return from_linen(MLP(tuple(hidden), out_dim, activation), (in_dim,), context_dim=context_dim)
+
+
+def from_nnx(make_module: Callable, *, context_dim: int | None = None) -> Conditioner:
+    """Wraps an nnx module: `make_module(rngs)` builds it; params are its `nnx.State`.
+
+    The module is called with concat(h, context) when `context_dim` is given, h otherwise.
+    """
+    from flax import nnx
+
+    graphdef, _ = nnx.split(nnx.eval_shape(lambda: make_module(nnx.Rngs(0))))
+    context_shape = None if context_dim is None else (context_dim,)
+
+    def init(key):
+        return nnx.split(make_module(nnx.Rngs(key)))[1]
+
+    def apply(params, h, context=None):
+        context = check_context("conditioner", context, context_shape)
+        return nnx.merge(graphdef, params)(_joined(h, context))
+
+    return Conditioner(init, apply)

@@ -1,0 +1,80 @@
+"""Cases for the core bijectors and combinators."""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxflow import bijectors as jb
+from jaxflow.testing.cases._registry import normal_input, perturbed_params, register
+
+DIM = 4
+IMAGE = (2, 3, 3)
+
+
+def _simple(make, shape=(DIM,), input_map=None):
+    """A case for `make()` with perturbed params on a normal input (optionally mapped into the domain)."""
+
+    make = functools.cache(make)  # one bijector object per case: compiled checks are reused
+
+    def case(key, *, param_scale=0.3, input_scale=1.0):
+        bijector = make()
+        params_key, x_key = jax.random.split(key)
+        x = normal_input(x_key, shape, input_scale)
+        return bijector, perturbed_params(bijector, params_key, param_scale), x if input_map is None else input_map(x), None
+
+    return case
+
+
+for _name, _make in {
+    "shift": lambda: jb.shift(DIM),
+    "scale": lambda: jb.scale(DIM),
+    "affine_diagonal": lambda: jb.affine(DIM),
+    "exp": lambda: jb.exp(DIM),
+    "softplus": lambda: jb.softplus(DIM),
+    "sigmoid": lambda: jb.sigmoid(DIM),
+    "tanh": lambda: jb.tanh(DIM),
+    "permutation": lambda: jb.permutation(np.array([2, 0, 3, 1])),
+    "reverse": jb.reverse,
+    "lu_linear": lambda: jb.lu_linear(DIM),
+    "linear": lambda: jb.linear(DIM),
+    "fixed_linear": lambda: jb.fixed_linear(np.array([[2.0, 0.5, 0, 0], [0.1, 1.0, 0, 0.3], [0, 0, 1.5, 0], [0.2, 0, 0, 0.7]])),
+    "actnorm": lambda: jb.actnorm(DIM),
+    "elementwise_shared_params": lambda: jb.elementwise(jb.affine(()), DIM),
+    "elementwise_per_element_params": lambda: jb.elementwise(jb.scale(()), DIM, shared_params=False),
+    "additive_coupling": lambda: jb.additive_coupling(DIM, hidden=(8,)),
+    "affine_coupling": lambda: jb.affine_coupling(DIM, hidden=(8, 8)),
+    "affine_coupling_alternating_mask": lambda: jb.affine_coupling(DIM, hidden=(8,), mask=jb.alternating_mask(DIM)),
+    "chain": lambda: jb.chain(jb.affine(DIM), jb.lu_linear(DIM), jb.affine_coupling(DIM, hidden=(8,)), jb.tanh()),
+    "stack": lambda: jb.stack(jb.chain(jb.affine_coupling(DIM, hidden=(8,)), jb.reverse()), 3),
+    "stack_with_permutation_constants": lambda: jb.stack(
+        lambda perm: jb.chain(jb.affine_coupling(DIM, hidden=(8,)), jb.permutation(perm)),
+        3,
+        constants=jb.random_permutations(jax.random.key(7), 3, DIM),
+    ),
+    "invert_affine_coupling": lambda: jb.invert(jb.affine_coupling(DIM, hidden=(8,))),
+}.items():
+    register(_name)(_simple(_make))
+
+register("logit")(_simple(lambda: jb.logit(DIM), input_map=jax.nn.sigmoid))
+register("lu_linear_image")(_simple(lambda: jb.lu_linear(IMAGE), shape=IMAGE))
+register("actnorm_image")(_simple(lambda: jb.actnorm(IMAGE), shape=IMAGE))
+
+
+@register("affine_coupling_conditional")
+def _conditional_coupling(key, *, param_scale=0.3, input_scale=1.0):
+    bijector = jb.affine_coupling(DIM, hidden=(8,), context_dim=2)
+    params_key, x_key, context_key = jax.random.split(key, 3)
+    context = jax.random.normal(context_key, (2,))
+    return bijector, perturbed_params(bijector, params_key, param_scale), normal_input(x_key, (DIM,), input_scale), context
+
+
+@register("freeze")
+def _freeze(key, *, param_scale=0.3, input_scale=1.0):
+    inner = jb.affine(DIM)
+    params_key, x_key = jax.random.split(key)
+    bijector = jb.freeze(inner, perturbed_params(inner, params_key, param_scale))
+    return bijector, bijector.init(params_key), normal_input(x_key, (DIM,), input_scale), None

@@ -1,0 +1,80 @@
+"""The generic contract, run by the public kit on every registered bijector, in float32 and float64."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from jaxflow.testing import CASES, TOLERANCES, check_bijector
+
+NAMES = sorted(CASES)
+
+
+def run_case(name, seed, param_scale=0.3, input_scale=1.0):
+    bijector, params, x, context = CASES[name](jax.random.key(seed), param_scale=param_scale, input_scale=input_scale)
+    check_bijector(bijector, params, x, context, **TOLERANCES.get(name, {}))
+    return x
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_contract(name, dtype):
+    x = run_case(name, seed=0)
+    assert x.dtype == jnp.dtype(dtype)
+
+
+@pytest.mark.parametrize("name", NAMES)
+@given(
+    seed=st.integers(0, 2**31 - 1),
+    param_scale=st.sampled_from([0.0, 0.05, 0.5, 1.0]),
+    input_scale=st.sampled_from([1e-3, 0.3, 1.0, 2.5]),
+)
+def test_contract_random_inputs_and_params(name, seed, param_scale, input_scale):
+    with jax.enable_x64(True):
+        run_case(name, seed, param_scale, input_scale)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_init_gives_float_leaves_and_is_deterministic(name):
+    bijector = CASES[name](jax.random.key(0))[0]
+    first, second = bijector.init(jax.random.key(3)), bijector.init(jax.random.key(3))
+    for leaf in jax.tree.leaves(first):
+        assert jnp.issubdtype(jnp.result_type(leaf), jnp.floating), f"{name}: non-float params leaf {leaf.dtype}"
+    jax.tree.map(np.testing.assert_array_equal, first, second)
+
+
+IDENTITY_AT_INIT = [n for n in NAMES if any(s in n for s in ("coupling", "affine_diagonal", "shift", "scale", "lu_linear", "actnorm", "stack"))]
+
+
+@pytest.mark.parametrize("name", IDENTITY_AT_INIT)
+def test_fresh_params_are_the_identity(name):
+    bijector, _, x, context = CASES[name](jax.random.key(1))
+    params = bijector.init(jax.random.key(2))
+    y, log_det = bijector.forward(params, x, context)
+    np.testing.assert_allclose(y, x, atol=1e-6)
+    np.testing.assert_allclose(log_det, 0.0, atol=1e-6)
+
+
+def test_kit_detects_a_wrong_log_det():
+    from jaxflow import bijectors as jb
+
+    honest = jb.scale(3)
+
+    def forward(params, x, context=None):
+        y, log_det = honest.forward(params, x, context)
+        return y, 0.5 * log_det  # wrong by a factor of two
+
+    liar = honest._replace(forward=forward, name="liar")
+    params = {"log_scale": jnp.array([0.3, -0.2, 0.5])}
+    with pytest.raises(AssertionError, match="log_det"):
+        check_bijector(liar, params, jnp.ones(3))
+
+
+def test_kit_detects_a_wrong_inverse():
+    from jaxflow import bijectors as jb
+
+    honest = jb.shift(2)
+    wrong = honest._replace(inverse=lambda p, y, context=None: (y, jnp.zeros(())), name="wrong")
+    with pytest.raises(AssertionError, match="inverse"):
+        check_bijector(wrong, {"shift": jnp.array([1.0, 2.0])}, jnp.zeros(2))
