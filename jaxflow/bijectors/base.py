@@ -132,8 +132,9 @@ def chain(*bijectors: Bijector, name: str = "chain") -> Bijector:
         keys = _split_or_none(key, len(bijectors))
         total = jnp.zeros((), _log_det_dtype(x))
         for i in order:
-            x, log_det = transform(bijectors[i], direction, params[i], x, context, keys[i])
-            validation.check_finite(labels[i], direction, x, log_det)
+            y, log_det = transform(bijectors[i], direction, params[i], x, context, keys[i])
+            validation.check_finite(labels[i], direction, y, log_det, inputs=x)
+            x = y
             total = total + log_det
         return x, total
 
@@ -193,7 +194,7 @@ def stack(layer: Bijector | Callable[[Any], Bijector], num_layers: int, *, const
             x, total = carry
             layer_params, layer_constants, layer_key, index = layer_inputs
             y, log_det = transform(build(layer_constants), direction, layer_params, x, context, layer_key)
-            validation.check_finite(f"{name} layer", direction, y, log_det, index=index)
+            validation.check_finite(f"{name} layer", direction, y, log_det, index=index, inputs=x)
             return (y, total + log_det), None
 
         carry = (x, jnp.zeros((), _log_det_dtype(x)))

@@ -1,0 +1,123 @@
+"""Bad input gets a clear error naming what was expected and what came, never a silent NaN."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import jaxflow as jf
+from jaxflow import bijectors as jb
+
+DIM = 3
+
+
+def test_event_shape_mismatch_names_both_shapes():
+    bijector = jb.affine(DIM)
+    with pytest.raises(ValueError, match=r"shape \(3,\).*got shape \(4,\)"):
+        bijector.forward(bijector.init(jax.random.key(0)), jnp.zeros(4))
+
+
+def test_batched_input_to_a_single_event_bijector_points_to_vmap():
+    bijector = jb.lu_linear(DIM)
+    with pytest.raises(ValueError, match="vmap"):
+        bijector.inverse(bijector.init(jax.random.key(0)), jnp.zeros((8, DIM + 1)))
+
+
+def test_params_of_the_wrong_shape_are_named():
+    bijector = jb.affine(DIM)
+    with pytest.raises(ValueError, match="log_scale"):
+        bijector.forward({"shift": jnp.zeros(DIM), "log_scale": jnp.zeros(DIM + 1)}, jnp.zeros(DIM))
+
+
+def test_integer_input_is_refused():
+    bijector = jb.affine(DIM)
+    with pytest.raises(TypeError, match="floating-point"):
+        bijector.forward(bijector.init(jax.random.key(0)), jnp.arange(DIM))
+
+
+def test_missing_context_for_a_conditional_layer():
+    bijector = jb.affine_coupling(4, hidden=(4,), context_dim=2)
+    with pytest.raises(ValueError, match="needs a context of shape"):
+        bijector.forward(bijector.init(jax.random.key(0)), jnp.zeros(4))
+
+
+def test_context_given_to_an_unconditional_layer():
+    bijector = jb.affine_coupling(4, hidden=(4,))
+    with pytest.raises(ValueError, match="unconditional"):
+        bijector.forward(bijector.init(jax.random.key(0)), jnp.zeros(4), jnp.zeros(2))
+
+
+def test_context_given_to_an_unconditional_flow():
+    flow = jf.Flow(jf.standard_normal(DIM), jb.affine(DIM))
+    with pytest.raises(ValueError, match="unconditional"):
+        flow.log_prob(flow.init(jax.random.key(0)), jnp.zeros(DIM), context=jnp.zeros(1))
+
+
+def test_wrong_context_shape_for_a_conditional_flow():
+    flow = jf.Flow(jf.standard_normal(4), jb.affine_coupling(4, hidden=(4,), context_dim=2), context_shape=(2,))
+    params = flow.init(jax.random.key(0))
+    with pytest.raises(ValueError, match=r"context with trailing shape \(2,\)"):
+        flow.log_prob(params, jnp.zeros((5, 4)), context=jnp.zeros((5, 3)))
+    with pytest.raises(ValueError, match="does not match the data batch shape"):
+        flow.log_prob(params, jnp.zeros((5, 4)), context=jnp.zeros((6, 2)))
+
+
+def test_singular_fixed_linear_is_refused():
+    with pytest.raises(ValueError, match="singular"):
+        jb.fixed_linear(np.array([[1.0, 2.0], [2.0, 4.0]]))
+
+
+def test_not_a_permutation_is_refused():
+    with pytest.raises(ValueError, match="not a permutation"):
+        jb.permutation(np.array([0, 0, 2]))
+
+
+def test_chain_params_of_the_wrong_length():
+    bijector = jf.chain(jb.shift(DIM), jb.scale(DIM))
+    with pytest.raises(ValueError, match="tuple of 2 entries"):
+        bijector.forward((jb.shift(DIM).init(None),), jnp.zeros(DIM))
+
+
+def test_stack_params_without_the_layer_axis():
+    bijector = jf.stack(jb.shift(DIM), 4)
+    with pytest.raises(ValueError, match="leading axis of 4 layers"):
+        bijector.forward(jb.shift(DIM).init(None), jnp.zeros(DIM))
+
+
+def test_stochastic_bijector_without_a_key():
+    def noisy(params, x, context=None, *, key):
+        return x, jax.random.normal(key, ())
+
+    bijector = jf.Bijector(lambda key: (), noisy, noisy, "noisy", stochastic=True)
+    with pytest.raises(ValueError, match="needs a PRNG key"):
+        jf.chain(bijector, jb.exp()).forward(((), ()), jnp.zeros(DIM))
+    flow = jf.Flow(jf.standard_normal(DIM), bijector)
+    with pytest.raises(ValueError, match="key"):
+        flow.log_prob(flow.init(jax.random.key(0)), jnp.zeros(DIM))
+    assert jnp.isfinite(flow.log_prob(flow.init(jax.random.key(0)), jnp.zeros(DIM), key=jax.random.key(1)))
+
+
+def test_validation_mode_names_the_layer_that_produced_nan():
+    bijector = jf.chain(jb.shift(DIM), jb.softplus(), jb.exp())  # softplus inverse of a negative value is NaN
+    params = bijector.init(jax.random.key(0))
+    y = jnp.array([2.0, 0.5, 1.5])  # exp's inverse gives log(0.5) < 0, outside softplus's range
+    assert not jnp.all(jnp.isfinite(bijector.inverse(params, y)[0])), "precondition: NaN without validation"
+    with jf.validation.enabled():
+        with pytest.raises(Exception, match=r"inverse output of chain\[1\] softplus contains NaN"):
+            jax.block_until_ready(jax.jit(bijector.inverse)(params, y))
+
+
+def test_validation_mode_names_the_stack_layer_index():
+    stacked = jf.stack(jb.affine(DIM), 5)
+    params = stacked.init(jax.random.key(0))
+    params = {"shift": params["shift"], "log_scale": params["log_scale"].at[3].set(jnp.inf)}
+    with jf.validation.enabled():
+        with pytest.raises(Exception, match=r"forward output of stack\(affine\) layer 3 contains NaN"):
+            jax.block_until_ready(stacked.forward(params, jnp.ones(DIM)))
+
+
+def test_validation_mode_reports_nan_data_given_to_a_flow():
+    flow = jf.Flow(jf.standard_normal(DIM), jb.affine(DIM))
+    with jf.validation.enabled():
+        with pytest.raises(Exception, match="input of Flow.log_prob contains NaN"):
+            jax.block_until_ready(flow.log_prob(flow.init(jax.random.key(0)), jnp.array([0.0, jnp.nan, 1.0])))
