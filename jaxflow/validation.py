@@ -1,11 +1,11 @@
 """Opt-in validation: report NaN/inf values by layer name instead of propagating them.
 
-    with jaxflow.validation.enabled():
-        flow.log_prob(params, x)        # raises FloatingPointError naming the layer
+    log_prob = jaxflow.validation.checked(flow.log_prob)
+    log_prob(params, x)      # raises FloatingPointError naming the layer that produced NaN/inf
 
-The switch is read when a function is traced: enable it before the first call
-of a jitted function (or call `jax.clear_caches()`). When off, nothing is added
-to the computation.
+`checked` traces the function with validation on and runs it under `jax.experimental.checkify`,
+JAX's functional error mechanism, so the checks work inside `jit`, `vmap`, `lax.scan` and
+`grad`. Outside `checked`, nothing is added to the computation.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import threading
 
 import jax
 import jax.numpy as jnp
-import numpy as np
+from jax.experimental import checkify
 
 _state = threading.local()
 
@@ -26,25 +26,45 @@ def is_enabled() -> bool:
 
 
 @contextlib.contextmanager
-def enabled(on: bool = True):
-    """Context manager turning validation on (or off) while functions are traced."""
+def _enabled():
     previous = is_enabled()
-    _state.enabled = on
+    _state.enabled = True
     try:
         yield
     finally:
         _state.enabled = previous
 
 
-def check_finite(label: str, direction: str, value, log_det=None, index=None, inputs=None) -> None:
-    """Raises `FloatingPointError` at run time if `value` or `log_det` holds NaN/inf.
+def checked(fn):
+    """Wraps `fn` so that NaN/inf produced by any jaxflow layer raises `FloatingPointError`.
 
-    Only the layer that turns finite `inputs` into non-finite values reports, so the
-    error names the culprit rather than every layer after it.
+    The message names the layer ("inverse output of chain[1] softplus", "forward output of
+    stack(affine) layer 3"). `fn` is traced afresh on each call; wrap a jitted function as
+    `checked(jax.jit(fn))` only if it has not been traced before, since checks are added at
+    trace time.
+    """
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        with _enabled():
+            error, out = checkify.checkify(fn)(*args, **kwargs)
+        message = error.get()
+        if message is not None:
+            raise FloatingPointError(message.split(" (check failed at")[0])
+        return out
+
+    return wrapper
+
+
+def check_finite(label: str, direction: str, value, log_det=None, index=None, inputs=None) -> None:
+    """Inside `checked`: fails if `value` or `log_det` holds NaN/inf produced from finite `inputs`.
+
+    Only the layer that turns finite inputs into non-finite values reports, so the error
+    names the culprit rather than every layer after it.
 
     Args:
       label: what produced the values, e.g. "chain[2] affine_coupling".
-      direction: "forward", "inverse" or "input".
+      direction: "forward", "inverse" or "input" (for data entering a flow).
       value: the output array of the layer.
       log_det: the layer's log-det, or None.
       index: optional traced layer index (inside `stack`).
@@ -52,18 +72,10 @@ def check_finite(label: str, direction: str, value, log_det=None, index=None, in
     """
     if not is_enabled():
         return
-    inputs_ok = jnp.all(jnp.isfinite(inputs)) if inputs is not None else jnp.array(True)
-    value_ok = jnp.all(jnp.isfinite(value)) | ~inputs_ok
-    log_det_ok = jnp.all(jnp.isfinite(log_det)) | ~inputs_ok if log_det is not None else jnp.array(True)
-    index = jnp.array(-1) if index is None else index
-    report = functools.partial(_raise_if_not_finite, label, direction)
-    jax.debug.callback(report, value_ok, log_det_ok, index)
-
-
-def _raise_if_not_finite(label, direction, value_ok, log_det_ok, index):
-    where = f"{label} {int(np.max(index))}" if np.max(index) >= 0 else label
-    if not np.all(value_ok):
-        what = "input" if direction == "input" else f"{direction} output"
-        raise FloatingPointError(f"jaxflow validation: {what} of {where} contains NaN or inf.")
-    if not np.all(log_det_ok):
-        raise FloatingPointError(f"jaxflow validation: {direction} log_det of {where} contains NaN or inf.")
+    inputs_bad = ~jnp.all(jnp.isfinite(inputs)) if inputs is not None else jnp.array(False)
+    what = "input" if direction == "input" else f"{direction} output"
+    where = label if index is None else label + " {index}"
+    kwargs = {} if index is None else {"index": index}
+    checkify.check(inputs_bad | jnp.all(jnp.isfinite(value)), f"jaxflow validation: {what} of {where} contains NaN or inf.", **kwargs)
+    if log_det is not None:
+        checkify.check(inputs_bad | jnp.all(jnp.isfinite(log_det)), f"jaxflow validation: {direction} log_det of {where} contains NaN or inf.", **kwargs)
