@@ -1,0 +1,57 @@
+"""Latent tools: encode/decode invert each other, interpolation ends at its endpoints, attributes move latents."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import jaxflow as jf
+from jaxflow import bijectors as jb
+from jaxflow import latent
+from jaxflow.testing import perturbed_params
+
+
+@pytest.fixture(scope="module")
+def model():
+    flow = jf.Flow(jf.standard_normal(3), jf.stack(jf.chain(jb.affine_coupling(3, hidden=(8,)), jb.reverse()), 3))
+    return flow, perturbed_params(flow, jax.random.key(0), 0.3)
+
+
+def test_decode_inverts_encode(model):
+    flow, params = model
+    x = jax.random.normal(jax.random.key(1), (5, 3))
+    np.testing.assert_allclose(latent.decode(flow, params, latent.encode(flow, params, x)), x, atol=1e-5)
+
+
+@pytest.mark.parametrize("spherical", [False, True])
+def test_interpolation_starts_and_ends_at_the_endpoints(model, spherical):
+    flow, params = model
+    a, b = jnp.array([1.0, -0.5, 0.3]), jnp.array([-2.0, 0.7, 1.1])
+    path = latent.interpolate(flow, params, a, b, 7, spherical=spherical)
+    assert path.shape == (7, 3)
+    np.testing.assert_allclose(path[0], a, atol=1e-5)
+    np.testing.assert_allclose(path[-1], b, atol=1e-5)
+    z = latent.encode(flow, params, path)
+    steps = jnp.linalg.norm(jnp.diff(z, axis=0), axis=1)
+    if not spherical:
+        np.testing.assert_allclose(steps, steps[0], rtol=1e-4)  # evenly spaced in latent space
+
+
+def test_attribute_vector_moves_one_group_onto_the_other(model):
+    flow, params = model
+    without = jax.random.normal(jax.random.key(2), (64, 3))
+    z_without = latent.encode(flow, params, without)
+    shifted = latent.decode(flow, params, z_without + jnp.array([1.0, 0.0, -0.5]))
+    vector = latent.attribute_vector(flow, params, shifted, without)
+    np.testing.assert_allclose(vector, [1.0, 0.0, -0.5], atol=1e-3)
+    moved = latent.apply_attribute(flow, params, without, vector)
+    np.testing.assert_allclose(moved, shifted, atol=1e-3)
+
+
+def test_temperature_scales_the_latent_spread(model):
+    flow, params = model
+    cold = latent.sample_with_temperature(flow, params, jax.random.key(3), 20000, 0.5)
+    z = latent.encode(flow, params, cold)
+    np.testing.assert_allclose(z.std(0), 0.5, rtol=0.03)
+    with pytest.raises(ValueError, match="positive"):
+        latent.sample_with_temperature(flow, params, jax.random.key(3), 10, 0.0)
