@@ -1,57 +1,83 @@
-"""The same models in jaxflow, distrax and flowjax, as `(loss_fn, params, data)` for timing.
+"""The same models in jaxflow, distrax and flowjax, for timing identical work.
 
-Each builder returns `loss(params, x) -> scalar` (negative mean log-likelihood of a batch)
-and the params it differentiates, so every library is timed on identical work.
+Each builder returns a `Model(params, log_prob, sample)`:
+  log_prob(params, x (n, dim)) -> (n,)     sample(params, key, n) -> (n, dim)
+Models: realnvp (affine couplings + random permutations), maf (affine MADE layers),
+nsf (rational-quadratic spline couplings + random permutations); all with MLPs of
+`hidden` widths. A library that cannot express a model has no builder for it.
 """
 
 from __future__ import annotations
+
+from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-import jaxflow as jf
-from jaxflow import bijectors as jb
+from jaxflow import flows
+from jaxflow.bijectors import random_permutations
 from jaxflow.conditioners import MLP
 
 
-def jaxflow_realnvp(key, dim: int, num_layers: int, hidden=(128, 128)):
-    """RealNVP: affine couplings, each followed by a random permutation (scanned constants)."""
-    perm_key, init_key = jax.random.split(key)
-    layer = lambda perm: jf.chain(jb.affine_coupling(dim, hidden=hidden), jb.permutation(perm))  # noqa: E731
-    bijector = jf.stack(layer, num_layers, constants=jb.random_permutations(perm_key, num_layers, dim))
-    flow = jf.Flow(jf.standard_normal(dim), bijector)
-    return (lambda params, x: -jnp.mean(flow.log_prob(params, x))), flow.init(init_key)
+class Model(NamedTuple):
+    params: object
+    log_prob: Callable
+    sample: Callable
 
 
-def distrax_realnvp(key, dim: int, num_layers: int, hidden=(128, 128)):
-    """The same model as a distrax Chain of MaskedCoupling + permutation (a Python loop)."""
-    import distrax
+# jaxflow -------------------------------------------------------------------------------------
 
-    mask = np.arange(dim) < dim // 2
-    net = MLP(tuple(hidden), 2 * dim)
-    perms = np.asarray(jb.random_permutations(jax.random.key(1), num_layers, dim))
-    keys = jax.random.split(key, num_layers)
-    params = [net.init(k, jnp.zeros(dim)) for k in keys]
-    offset = float(np.log(np.expm1(1.0 - 1e-3)))
+def _jaxflow(flow, key) -> Model:
+    return Model(flow.init(key), flow.log_prob, lambda params, key, n: flow.sample(params, key, (n,)))
 
-    def make_affine(raw):
-        raw = raw.reshape(*raw.shape[:-1], dim, 2)
-        return distrax.ScalarAffine(shift=raw[..., 0], scale=jax.nn.softplus(raw[..., 1] + offset) + 1e-3)
 
-    def build(params):
-        layers = []
-        for p, perm in zip(params, perms):
-            coupling = distrax.MaskedCoupling(mask=mask, conditioner=lambda x, p=p: net.apply(p, x), bijector=make_affine)
-            layers += [coupling, _distrax_permutation(perm)]
-        base = distrax.MultivariateNormalDiag(jnp.zeros(dim), jnp.ones(dim))
-        return distrax.Transformed(base, distrax.Chain(layers[::-1]))  # distrax applies the last listed first
+def jaxflow_model(name, key, dim, layers, hidden, bins=8) -> Model:
+    if name == "realnvp":
+        return _jaxflow(flows.realnvp(dim, layers=layers, hidden=hidden), key)
+    if name == "maf":
+        return _jaxflow(flows.maf(dim, layers=layers, hidden=hidden, permute="reverse"), key)
+    if name == "nsf":
+        return _jaxflow(flows.nsf_coupling(dim, layers=layers, hidden=hidden, bins=bins, bound=4.0), key)
+    raise KeyError(name)
 
-    return (lambda params, x: -jnp.mean(build(params).log_prob(x))), params
 
+# flowjax -------------------------------------------------------------------------------------
+
+def flowjax_model(name, key, dim, layers, hidden, bins=8) -> Model:
+    import equinox as eqx
+    from flowjax.bijections import Affine, RationalQuadraticSpline
+    from flowjax.distributions import Normal
+    from flowjax.flows import coupling_flow, masked_autoregressive_flow
+
+    if len(set(hidden)) != 1:
+        raise ValueError("flowjax uses one width for every hidden layer")
+    common = dict(base_dist=Normal(jnp.zeros(dim)), flow_layers=layers, nn_width=hidden[0], nn_depth=len(hidden))
+    if name == "realnvp":
+        flow = coupling_flow(key, transformer=Affine(), **common)
+    elif name == "maf":
+        flow = masked_autoregressive_flow(key, transformer=Affine(), **common)
+    elif name == "nsf":
+        flow = coupling_flow(key, transformer=RationalQuadraticSpline(knots=bins, interval=4.0), **common)
+    else:
+        raise KeyError(name)
+    params, static = eqx.partition(flow, eqx.is_inexact_array)
+
+    def log_prob(params, x):
+        return eqx.combine(params, static).log_prob(x)
+
+    def sample(params, key, n):
+        return eqx.combine(params, static).sample(key, (n,))
+
+    return Model(params, log_prob, sample)
+
+
+# distrax -------------------------------------------------------------------------------------
 
 def _distrax_permutation(perm):
     import distrax
+
+    inverse_perm = np.argsort(perm)
 
     class Permute(distrax.Bijector):
         def __init__(self):
@@ -61,26 +87,70 @@ def _distrax_permutation(perm):
             return x[..., perm], jnp.zeros(x.shape[:-1], x.dtype)
 
         def inverse_and_log_det(self, y):
-            return y[..., np.argsort(perm)], jnp.zeros(y.shape[:-1], y.dtype)
+            return y[..., inverse_perm], jnp.zeros(y.shape[:-1], y.dtype)
 
     return Permute()
 
 
-def flowjax_realnvp(key, dim: int, num_layers: int, hidden=(128, 128)):
-    """flowjax's coupling_flow with an affine transformer (scan-based, like jaxflow)."""
-    import equinox as eqx
-    from flowjax.bijections import Affine
-    from flowjax.distributions import Normal
-    from flowjax.flows import coupling_flow
+def _distrax_affine(dim):
+    import distrax
 
-    if len(set(hidden)) != 1:
-        raise ValueError("flowjax uses one width for every hidden layer")
-    flow = coupling_flow(
-        key, base_dist=Normal(jnp.zeros(dim)), transformer=Affine(), flow_layers=num_layers,
-        nn_width=hidden[0], nn_depth=len(hidden), invert=True,
-    )
-    params, static = eqx.partition(flow, eqx.is_inexact_array)
-    return (lambda params, x: -jnp.mean(eqx.combine(params, static).log_prob(x))), params
+    offset = float(np.log(np.expm1(1.0 - 1e-3)))
+
+    def make(raw):
+        raw = raw.reshape(*raw.shape[:-1], dim, 2)
+        return distrax.ScalarAffine(shift=raw[..., 0], scale=jax.nn.softplus(raw[..., 1] + offset) + 1e-3)
+
+    return make, 2
 
 
-REALNVP = {"jaxflow": jaxflow_realnvp, "distrax": distrax_realnvp, "flowjax": flowjax_realnvp}
+def _distrax_spline(dim, bins):
+    import distrax
+
+    num_params = 3 * bins + 1  # distrax's parametrisation includes the two boundary slopes
+
+    def make(raw):
+        raw = raw.reshape(*raw.shape[:-1], dim, num_params)
+        return distrax.RationalQuadraticSpline(raw, range_min=-4.0, range_max=4.0, boundary_slopes="identity")
+
+    return make, num_params
+
+
+def distrax_model(name, key, dim, layers, hidden, bins=8) -> Model:
+    """distrax: a Python-loop `Chain` of `MaskedCoupling` + permutation (no MADE in distrax)."""
+    import distrax
+
+    if name == "realnvp":
+        make_bijector, num_params = _distrax_affine(dim)
+    elif name == "nsf":
+        make_bijector, num_params = _distrax_spline(dim, bins)
+    else:
+        raise KeyError(name)
+    mask = np.arange(dim) < dim // 2
+    net = MLP(tuple(hidden), num_params * dim)
+    perms = np.asarray(random_permutations(jax.random.key(1), layers, dim))
+    params = [net.init(k, jnp.zeros(dim)) for k in jax.random.split(key, layers)]
+    base = distrax.MultivariateNormalDiag(jnp.zeros(dim), jnp.ones(dim))
+
+    def build(params):
+        bijectors = []
+        for p, perm in zip(params, perms):
+            coupling = distrax.MaskedCoupling(mask=mask, conditioner=lambda x, p=p: net.apply(p, x), bijector=make_bijector)
+            bijectors += [coupling, _distrax_permutation(perm)]
+        return distrax.Transformed(base, distrax.Chain(bijectors[::-1]))  # distrax applies the last listed first
+
+    def sample(params, key, n):
+        return build(params).sample(seed=key, sample_shape=(n,))
+
+    return Model(params, lambda params, x: build(params).log_prob(x), sample)
+
+
+BUILDERS = {"jaxflow": jaxflow_model, "flowjax": flowjax_model, "distrax": distrax_model}
+
+
+def build(library, name, key, dim, layers, hidden, bins=8) -> Model | None:
+    """The model, or None when `library` cannot express it."""
+    try:
+        return BUILDERS[library](name, key, dim, layers, hidden, bins)
+    except KeyError:
+        return None

@@ -48,11 +48,11 @@ def _split_merge(mask: np.ndarray):
 
     A prefix mask (the default) uses slices; other masks use static gathers.
     """
-    identity_idx, rest_idx = np.flatnonzero(mask), np.flatnonzero(~mask)
+    identity_idx, rest_idx = np.flatnonzero(mask).astype(np.int32), np.flatnonzero(~mask).astype(np.int32)
     k = identity_idx.size
     if np.array_equal(identity_idx, np.arange(k)):
         return (lambda x: x[:k]), (lambda x: x[k:]), (lambda a, b: jnp.concatenate([a, b]))
-    order = np.argsort(np.concatenate([identity_idx, rest_idx]))
+    order = np.argsort(np.concatenate([identity_idx, rest_idx])).astype(np.int32)
     return (lambda x: x[identity_idx]), (lambda x: x[rest_idx]), (lambda a, b: jnp.concatenate([a, b])[order])
 
 

@@ -16,12 +16,15 @@ def permutation(perm, *, axis: int = -1) -> Bijector:
     `perm` is configuration: an int array, concrete or (inside `stack` with
     `constants=`) a traced per-layer slice.
     """
-    perm = jnp.asarray(perm)
+    traced = isinstance(perm, jax.core.Tracer)
+    perm = perm if traced else np.asarray(perm)
     if not jnp.issubdtype(perm.dtype, jnp.integer) or perm.ndim != 1:
         raise TypeError(f"permutation: expected a 1-D integer array, got dtype {perm.dtype} and shape {perm.shape}.")
-    if not isinstance(perm, jax.core.Tracer) and not np.array_equal(np.sort(np.asarray(perm)), np.arange(perm.size)):
-        raise ValueError(f"permutation: {np.asarray(perm).tolist()} is not a permutation of 0..{perm.size - 1}.")
-    inverse_perm = jnp.argsort(perm)
+    if not traced:
+        if not np.array_equal(np.sort(perm), np.arange(perm.size)):
+            raise ValueError(f"permutation: {perm.tolist()} is not a permutation of 0..{perm.size - 1}.")
+        perm = perm.astype(np.int32)  # numpy constants: independent of the jax_enable_x64 mode
+    inverse_perm = jnp.argsort(perm) if traced else np.argsort(perm).astype(np.int32)
     size = perm.shape[0]
 
     def apply(order, x):

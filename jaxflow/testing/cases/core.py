@@ -48,7 +48,7 @@ for _name, _make in {
     "additive_coupling": lambda: jb.additive_coupling(DIM, hidden=(8,)),
     "affine_coupling": lambda: jb.affine_coupling(DIM, hidden=(8, 8)),
     "affine_coupling_alternating_mask": lambda: jb.affine_coupling(DIM, hidden=(8,), mask=jb.alternating_mask(DIM)),
-    "chain": lambda: jb.chain(jb.affine(DIM), jb.lu_linear(DIM), jb.affine_coupling(DIM, hidden=(8,)), jb.tanh()),
+    "chain": lambda: jb.chain(jb.tanh(), jb.affine(DIM), jb.lu_linear(DIM), jb.affine_coupling(DIM, hidden=(8,))),
     "stack": lambda: jb.stack(jb.chain(jb.affine_coupling(DIM, hidden=(8,)), jb.reverse()), 3),
     "stack_with_permutation_constants": lambda: jb.stack(
         lambda perm: jb.chain(jb.affine_coupling(DIM, hidden=(8,)), jb.permutation(perm)),
