@@ -1,0 +1,287 @@
+"""Forward KL (maximum likelihood): fit a flow to data by minimising -mean log q(x).
+
+`loss` uses the inverse (data -> base) pass: build the flow so that this
+direction is cheap (e.g. `invert` an autoregressive flow made for sampling).
+
+    params, history = forward_kl.fit(key, flow, params, data, num_steps=2000, patience=5)
+
+Data is moved to the device once; every chunk of steps draws its batch indices
+on device from one random permutation of the rows per epoch, so no batch is
+copied from the host.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxflow.train import _loop
+from jaxflow.train._step import init_state, make_step, with_clipping
+
+DEFAULT_NUM_STEPS = 1000
+
+
+def loss(params, flow, x, context=None, *, key=None) -> jax.Array:
+    """-mean log q(x) over a batch.
+
+    Args:
+      params: the flow's params.
+      flow: a `jaxflow.Flow`.
+      x: (batch, *event_shape) data.
+      context: None, one shared context, or (batch, *context_shape).
+      key: PRNG key, used only by flows with stochastic log-dets.
+    """
+    return -jnp.mean(flow.log_prob(params, x, context, key=key))
+
+
+def fit(
+    key,
+    flow,
+    params,
+    data,
+    *,
+    context=None,
+    optimizer=None,
+    batch_size: int = 256,
+    num_steps: int | None = None,
+    epochs: int | None = None,
+    validation_fraction: float = 0.1,
+    validation_data=None,
+    validation_context=None,
+    patience: int | None = None,
+    restore_best: bool = True,
+    dequantize=None,
+    clip_norm: float | None = None,
+    chunk_size: int = 100,
+    progress: bool = True,
+    on_nonfinite: str = "skip",
+    callback=None,
+):
+    """Fits `flow` to `data` by maximum likelihood with minibatch optimisation.
+
+    Args:
+      key: PRNG key (validation split, batch order, dequantisation noise).
+      flow: a `jaxflow.Flow`.
+      params: its starting params.
+      data: (num_rows, *flow.event_shape) float array; integer data needs `dequantize`.
+      context: for a conditional flow, (num_rows, *flow.context_shape), or one shared context.
+      optimizer: an optax optimizer (default `optax.adam(1e-3)`).
+      batch_size: rows per step (at most the number of training rows).
+      num_steps: steps to take; or give `epochs` (passes over the training rows).
+        Neither: 1000 steps.
+      validation_fraction: share of the rows held out (at random) for validation,
+        ignored when `validation_data` is given; 0 for none.
+      validation_data, validation_context: a separate validation set.
+      patience: stop after this many chunks without a better validation loss
+        (the validation loss is evaluated after every chunk). None: never stop early.
+      restore_best: return the params with the best validation loss seen rather
+        than the last ones (when there is a validation set).
+      dequantize: `(key, x_batch) -> x_batch` applied to every batch, e.g. adding
+        uniform noise to integer data. The validation set is dequantised once.
+      clip_norm: clip gradients to this global norm before the optimizer.
+      chunk_size: steps per `lax.scan` chunk (one host round trip each).
+      progress: show a progress bar.
+      on_nonfinite: "skip" steps whose loss or gradient is not finite, or "raise".
+      callback: `(state, history) -> bool | None` called after every chunk; True stops.
+
+    Returns:
+      `(params, history)`; history holds numpy arrays "loss", "grad_norm" and
+      "skipped" per step, "num_skipped", "validation_loss" and "validation_step"
+      per chunk (empty without a validation set), and "best_step", the step at
+      which the returned params were reached.
+
+    Raises:
+      ValueError: for data with NaN/inf rows, the wrong shape, or a context not
+        matching the data; TypeError for non-float data without `dequantize`.
+    """
+    split_key, batch_key, noise_key, log_det_key = jax.random.split(key, 4)
+    train, valid = _train_and_validation_sets(
+        split_key, flow, (data, context), (validation_data, validation_context), validation_fraction, dequantize
+    )
+    if valid is None and patience is not None:
+        raise ValueError("patience needs a validation set: pass validation_data=... or validation_fraction > 0.")
+
+    num_rows = train[0].shape[0]
+    batch_size = min(int(batch_size), num_rows)
+    num_steps = _num_steps(num_steps, epochs, num_rows // batch_size)
+    optimizer = with_clipping(optimizer, clip_norm)
+
+    def batch_loss(params, x, context, step):
+        if dequantize is not None:
+            x = dequantize(jax.random.fold_in(noise_key, step), x)
+        key = jax.random.fold_in(log_det_key, step) if flow.bijector.stochastic else None
+        return loss(params, flow, x, context, key=key)
+
+    step = make_step(batch_loss, optimizer)
+
+    @functools.partial(jax.jit, static_argnums=2)
+    def run_chunk(state, train, length):
+        x, context = train
+
+        def train_step(state, rows):
+            return step(state, x[rows], None if context is None else context[rows], state.step)
+
+        rows = _batch_indices(batch_key, state.step, length, num_rows, batch_size)
+        return _loop.scan_steps(train_step, state, (rows,))
+
+    tracker = None if valid is None else _BestOnValidation(flow, valid, patience, batch_size)
+    state, history = _loop.run(
+        lambda state, length: run_chunk(state, train, length),
+        init_state(params, optimizer),
+        num_steps,
+        chunk_size=chunk_size,
+        progress=progress,
+        on_nonfinite=on_nonfinite,
+        callbacks=(tracker, callback),
+        description="forward KL",
+    )
+    if tracker is None or tracker.best_params is None or not restore_best:
+        best_params, best_step = state.params, int(state.step)
+    else:
+        best_params, best_step = tracker.best_params, tracker.best_step
+    history.update(
+        validation_loss=np.asarray([] if tracker is None else tracker.losses),
+        validation_step=np.asarray([] if tracker is None else tracker.steps, int),
+        best_step=np.asarray(best_step),
+    )
+    return best_params, history
+
+
+class _BestOnValidation:
+    """A callback: evaluates the validation loss after each chunk, keeps the best params, stops on patience."""
+
+    def __init__(self, flow, valid, patience, batch_size):
+        self.valid, self.patience = valid, patience
+        self.evaluate = jax.jit(functools.partial(_mean_negative_log_prob, flow, batch_size=batch_size))
+        self.losses, self.steps = [], []
+        self.best_loss, self.best_params, self.best_step, self.chunks_since_best = np.inf, None, -1, 0
+
+    def __call__(self, state, history):
+        del history
+        value = float(self.evaluate(state.params, *self.valid))
+        self.losses.append(value)
+        self.steps.append(int(state.step))
+        if value < self.best_loss:
+            self.best_loss, self.best_params, self.best_step = value, state.params, int(state.step)
+            self.chunks_since_best = 0
+        else:
+            self.chunks_since_best += 1
+        return self.patience is not None and self.chunks_since_best >= self.patience
+
+
+def _mean_negative_log_prob(flow, params, x, context, *, batch_size):
+    """-mean log q over a whole set, evaluated `batch_size` rows at a time."""
+    log_q = jax.lax.map(lambda row: flow.log_prob(params, *row), (x, context), batch_size=batch_size)
+    return -jnp.mean(log_q)
+
+
+def _batch_indices(key, first_step, length: int, num_rows: int, batch_size: int) -> jax.Array:
+    """Row indices (length, batch_size) for steps first_step, ...: one permutation per epoch, the tail dropped."""
+    steps_per_epoch = num_rows // batch_size
+    epochs, positions = jnp.divmod(first_step + jnp.arange(length), steps_per_epoch)
+    first_epoch = first_step // steps_per_epoch
+    num_epochs = (length - 1) // steps_per_epoch + 2  # static bound on the epochs one chunk touches
+    permutations = jax.vmap(lambda e: jax.random.permutation(jax.random.fold_in(key, e), num_rows))(
+        first_epoch + jnp.arange(num_epochs)
+    )
+    starts = (epochs - first_epoch) * num_rows + positions * batch_size
+    return permutations.reshape(-1)[starts[:, None] + jnp.arange(batch_size)]
+
+
+def _num_steps(num_steps, epochs, steps_per_epoch) -> int:
+    if num_steps is not None and epochs is not None:
+        raise ValueError(f"give num_steps or epochs, not both (got num_steps={num_steps}, epochs={epochs}).")
+    if epochs is not None:
+        return int(epochs) * steps_per_epoch
+    return DEFAULT_NUM_STEPS if num_steps is None else int(num_steps)
+
+
+def _train_and_validation_sets(key, flow, data, validation_data, fraction, dequantize):
+    """Checked ((x, context), (x, context) or None); a validation set given as (None, None) is split off."""
+    split_key, noise_key = jax.random.split(key)
+    train = _checked(flow, *data, "data", dequantize)
+    if validation_data[0] is None:
+        train, valid = _split(split_key, *train, fraction)
+    else:
+        valid = _checked(flow, *validation_data, "validation_data", dequantize)
+    if valid is not None and dequantize is not None:
+        valid = (dequantize(noise_key, valid[0]), valid[1])  # once: a fixed validation set
+    return train, valid
+
+
+def _split(key, data, context, fraction):
+    """Splits rows at random into ((train_x, train_context), (valid_x, valid_context) or None)."""
+    if not 0 <= fraction < 1:
+        raise ValueError(f"validation_fraction must be in [0, 1), got {fraction}.")
+    num_valid = int(round(fraction * data.shape[0]))
+    if num_valid == 0:
+        return (data, context), None
+    if num_valid == data.shape[0]:
+        raise ValueError(f"validation_fraction={fraction} leaves no training rows out of {data.shape[0]}.")
+    order = jax.random.permutation(key, data.shape[0])
+    take = lambda rows: jax.tree.map(lambda a: a[rows], (data, context))  # noqa: E731
+    return take(order[num_valid:]), take(order[:num_valid])
+
+
+def _checked(flow, data, context, what, dequantize):
+    """Data and context as device arrays of shape (num_rows, ...), after checking them."""
+    data = jnp.asarray(data)
+    if data.ndim != 1 + len(flow.event_shape) or tuple(data.shape[1:]) != flow.event_shape:
+        raise ValueError(
+            f"{what}: expected shape (num_rows, *{flow.event_shape}) for a flow with event shape "
+            f"{flow.event_shape}, got {tuple(data.shape)}."
+        )
+    if data.shape[0] == 0:
+        raise ValueError(f"{what} has no rows.")
+    if dequantize is None:
+        _check_float(data, what, "pass dequantize=... for integer data")
+    else:
+        noisy = jax.eval_shape(dequantize, jax.random.key(0), data)
+        if noisy.shape != data.shape or not jnp.issubdtype(noisy.dtype, jnp.floating):
+            raise TypeError(
+                f"dequantize must return floats of the input's shape {data.shape}, got {noisy.dtype}{noisy.shape}."
+            )
+    _check_finite_rows(data, what)
+    return data, _checked_context(flow, context, data.shape[0], what)
+
+
+def _checked_context(flow, context, num_rows, what):
+    if flow.context_shape is None:
+        if context is not None:
+            raise ValueError(f"the flow is unconditional but {what} came with a context of shape {jnp.shape(context)}.")
+        return None
+    if context is None:
+        raise ValueError(
+            f"the flow is conditional: pass a context of shape (num_rows, *{flow.context_shape}) with {what}."
+        )
+    context = jnp.asarray(context)
+    _check_float(context, f"context of {what}", "cast it with .astype(jnp.float32)")
+    if tuple(context.shape) == flow.context_shape:
+        context = jnp.broadcast_to(context, (num_rows, *flow.context_shape))
+    if tuple(context.shape) != (num_rows, *flow.context_shape):
+        raise ValueError(
+            f"the context of {what} should have shape {(num_rows, *flow.context_shape)} (one per row) or "
+            f"{flow.context_shape} (shared), got {tuple(context.shape)}."
+        )
+    _check_finite_rows(context, f"context of {what}")
+    return context
+
+
+def _check_float(x, what, hint):
+    if not jnp.issubdtype(x.dtype, jnp.floating):
+        raise TypeError(f"{what}: expected a floating-point array, got dtype {x.dtype}; {hint}.")
+
+
+def _check_finite_rows(x, what):
+    if not jnp.issubdtype(x.dtype, jnp.inexact):
+        return
+    bad = ~jnp.all(jnp.isfinite(x.reshape(x.shape[0], -1)), axis=1)
+    count = int(bad.sum())
+    if count:
+        raise ValueError(
+            f"{what}: {count} of {x.shape[0]} rows contain NaN or inf (the first is row {int(jnp.argmax(bad))}); "
+            "remove or impute them before fitting."
+        )
