@@ -6,13 +6,13 @@
     x, log_q = flow.sample_and_log_prob(params, jax.random.key(1), (512,))
 """
 
-from jaxflow import bijectors, validation
+from jaxflow import bijectors, conditioners, flows, latent, validation
 from jaxflow.bijectors import Bijector, chain, freeze, initialize_from_data, invert, stack
 from jaxflow.distributions import Distribution, Flow, diagonal_normal, standard_normal
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "Bijector", "Distribution", "Flow", "bijectors", "chain", "diagonal_normal", "freeze",
+    "Bijector", "Distribution", "Flow", "bijectors", "chain", "conditioners", "flows", "latent", "diagonal_normal", "freeze",
     "initialize_from_data", "invert", "stack", "standard_normal", "validation",
 ]

@@ -1,5 +1,6 @@
 """Conditioners: networks mapping the conditioning input (and a context) to transformer params."""
 
+from jaxflow.conditioners.made import MADE, MaskedDense, made
 from jaxflow.conditioners.mlp import MLP, Conditioner, from_linen, from_nnx, mlp
 
-__all__ = ["MLP", "Conditioner", "from_linen", "from_nnx", "mlp"]
+__all__ = ["MADE", "MLP", "Conditioner", "MaskedDense", "from_linen", "from_nnx", "made", "mlp"]

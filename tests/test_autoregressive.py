@@ -1,0 +1,226 @@
+"""MADE and the masked / inverse autoregressive layers: structure checked with autodiff Jacobians and scipy."""
+
+import functools
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import scipy.optimize
+
+from jaxflow.bijectors import transformers
+from jaxflow.bijectors.autoregressive import inverse_autoregressive, masked_autoregressive
+from jaxflow.bijectors.spline import rational_quadratic_spline
+from jaxflow.conditioners.made import hidden_unit_degrees, made, made_masks
+from jaxflow.testing import perturbed_params
+
+DIM = 5
+ORDERS = {"identity": None, "reversed": [4, 3, 2, 1, 0], "shuffled": [2, 0, 4, 1, 3]}
+
+
+def _order(name):
+    order = ORDERS[name]
+    return np.arange(DIM) if order is None else np.asarray(order)
+
+
+def _earlier(order):
+    """earlier[j, i]: input i comes strictly before j in the order (computed here, not by the library)."""
+    return np.array([[order[i] < order[j] for i in range(len(order))] for j in range(len(order))])
+
+
+def _perturbed(net, seed=0, scale=0.5):
+    """MADE params with a non-zero output layer (fresh ones give theta = 0 and a zero Jacobian)."""
+    return perturbed_params(net, jax.random.key(seed), scale)
+
+
+def _made_jacobian(net, params, x, context=None):
+    """d theta[j, p] / d x[i], shape (dim, num_params, dim)."""
+    return np.asarray(jax.jit(jax.jacfwd(lambda v: net.apply(params, v, context)))(x))
+
+
+@pytest.mark.parametrize("order_name", sorted(ORDERS))
+@pytest.mark.parametrize("hidden", [(16, 16), (3,), ()])
+def test_made_sequential_degrees_see_exactly_the_earlier_inputs(order_name, hidden):
+    order = _order(order_name)
+    net = made(DIM, 3, hidden=hidden, activation=nn.tanh, order=ORDERS[order_name])
+    jacobian = _made_jacobian(net, _perturbed(net), jax.random.normal(jax.random.key(1), (DIM,)))
+    allowed = np.broadcast_to(_earlier(order)[:, None, :], jacobian.shape)
+    np.testing.assert_array_equal(jacobian[~allowed], 0.0)
+    if len(hidden) != 1 or hidden[0] >= DIM - 1:  # wide enough for every degree: every allowed path exists
+        assert np.all(jacobian[allowed] != 0.0)
+
+
+@pytest.mark.parametrize("order_name", sorted(ORDERS))
+@pytest.mark.parametrize("seed", [0, 1])
+def test_made_random_degrees_stay_autoregressive(order_name, seed):
+    order = _order(order_name)
+    net = made(DIM, 2, hidden=(12, 12, 12), order=ORDERS[order_name], hidden_degrees="random", key=jax.random.key(seed))
+    jacobian = _made_jacobian(net, _perturbed(net, seed), jax.random.normal(jax.random.key(1), (DIM,)))
+    allowed = np.broadcast_to(_earlier(order)[:, None, :], jacobian.shape)
+    np.testing.assert_array_equal(jacobian[~allowed], 0.0)
+    assert np.count_nonzero(jacobian[allowed]) > 0
+
+
+def test_made_random_degrees_leave_no_hidden_unit_without_inputs():
+    for seed in range(10):
+        degrees = hidden_unit_degrees(DIM, (4, 4, 4), conditional=False, method="random", key=jax.random.key(seed))
+        for mask in made_masks(np.arange(DIM), 1, degrees)[:-1]:  # (in, out) masks into hidden layers
+            assert np.all(mask.any(axis=0)), f"seed {seed}: a hidden unit has no incoming connection"
+
+
+def test_made_random_degrees_depend_on_the_key():
+    outputs = []
+    for seed in (0, 1):
+        net = made(DIM, 1, hidden=(12,), hidden_degrees="random", key=jax.random.key(seed))
+        outputs.append(np.asarray(net.apply(_perturbed(net), jnp.ones(DIM))))
+    assert not np.allclose(*outputs)
+
+
+def test_made_context_reaches_every_output_including_the_first_in_order():
+    order = _order("shuffled")
+    net = made(DIM, 2, hidden=(16,), activation=nn.tanh, order=order, context_dim=3)
+    params, x, context = _perturbed(net), jax.random.normal(jax.random.key(1), (DIM,)), jnp.array([0.3, -1.0, 0.7])
+    by_context = np.asarray(jax.jit(jax.jacfwd(lambda c: net.apply(params, x, c)))(context))
+    assert np.all(by_context != 0.0)
+    by_input = _made_jacobian(net, params, x, context)
+    np.testing.assert_array_equal(by_input[~np.broadcast_to(_earlier(order)[:, None, :], by_input.shape)], 0.0)
+
+
+def test_made_starts_at_zero_and_runs_one_matmul_per_layer():
+    hidden = (8, 8, 8)
+    net = made(DIM, 3, hidden=hidden)
+    params = net.init(jax.random.key(0))
+    x = jax.random.normal(jax.random.key(1), (DIM,))
+    np.testing.assert_array_equal(net.apply(params, x), np.zeros((DIM, 3)))
+    equations = jax.make_jaxpr(net.apply)(params, x).jaxpr.eqns
+    assert sum(e.primitive.name == "dot_general" for e in equations) == len(hidden) + 1
+
+
+def test_made_rejects_bad_configuration_and_inputs():
+    with pytest.raises(ValueError, match="permutation"):
+        made(3, 2, order=[0, 0, 1])
+    with pytest.raises(ValueError, match="permutation"):
+        made(3, 2, order=[0, 1])
+    with pytest.raises(ValueError, match="permutation"):
+        made(3, 2, order=[0.0, 1.0, 2.0])
+    with pytest.raises(ValueError, match="key"):
+        made(3, 2, hidden_degrees="random")
+    with pytest.raises(ValueError, match="sequential"):
+        made(3, 2, hidden_degrees="uniform")
+    with pytest.raises(ValueError, match="positive"):
+        made(0, 2)
+    net = made(3, 2, hidden=(4,))
+    params = net.init(jax.random.key(0))
+    with pytest.raises(ValueError, match=r"shape \(3,\)"):
+        net.apply(params, jnp.ones(4))
+    with pytest.raises(TypeError, match="floating"):
+        net.apply(params, jnp.ones(3, int))
+
+
+TRANSFORMERS = {"affine": transformers.affine, "rq_spline": functools.partial(rational_quadratic_spline, num_bins=4)}
+
+
+def _maf(transformer="affine", order_name="shuffled", **kwargs):
+    """A MAF layer whose MADE uses tanh: every allowed dependency is non-zero, none dies as with relu."""
+    conditioner = functools.partial(made, hidden=(16,), activation=nn.tanh)
+    transformer = TRANSFORMERS[transformer]()
+    return masked_autoregressive(DIM, transformer, order=ORDERS[order_name], conditioner=conditioner, **kwargs)
+
+
+@pytest.mark.parametrize("transformer", sorted(TRANSFORMERS))
+@pytest.mark.parametrize("order_name", ["identity", "shuffled"])
+@pytest.mark.parametrize("direction", ["forward", "inverse"])
+def test_maf_jacobian_is_triangular_in_the_order(transformer, order_name, direction):
+    order = _order(order_name)
+    bijector = _maf(transformer, order_name)
+    params = perturbed_params(bijector, jax.random.key(0), 0.5)
+    x = jax.random.normal(jax.random.key(1), (DIM,))
+    run = jax.jit(getattr(bijector, direction))
+    jacobian = np.asarray(jax.jit(jax.jacfwd(lambda v: run(params, v)[0]))(x))
+    earlier_or_self = _earlier(order) | np.eye(DIM, dtype=bool)
+    np.testing.assert_array_equal(jacobian[~earlier_or_self], 0.0)
+    assert np.all(jacobian[earlier_or_self] != 0.0)  # the full chain: sampling needs all dim passes
+    log_det = run(params, x)[1]
+    np.testing.assert_allclose(log_det, np.sum(np.log(np.abs(np.diag(jacobian)))), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("transformer", sorted(TRANSFORMERS))
+def test_sequential_forward_is_the_root_of_the_one_pass_inverse(transformer):
+    with jax.enable_x64(True):
+        bijector = _maf(transformer)
+        params = perturbed_params(bijector, jax.random.key(2), 0.5)
+        x = jax.random.normal(jax.random.key(3), (DIM,), jnp.float64)
+        inverse = jax.jit(lambda y: bijector.inverse(params, y)[0] - x)
+        root = scipy.optimize.fsolve(lambda y: np.asarray(inverse(jnp.asarray(y))), np.zeros(DIM), xtol=1e-13)
+        np.testing.assert_allclose(np.asarray(inverse(jnp.asarray(root))), 0.0, atol=1e-10)  # fsolve converged
+        np.testing.assert_allclose(jax.jit(bijector.forward)(params, x)[0], root, rtol=1e-9, atol=1e-9)
+
+
+def test_iaf_is_the_maf_inverted():
+    maf = masked_autoregressive(DIM, transformers.affine(), hidden=(8,))
+    iaf = inverse_autoregressive(DIM, transformers.affine(), hidden=(8,))
+    params = perturbed_params(maf, jax.random.key(0), 0.5)
+    x = jax.random.normal(jax.random.key(1), (DIM,))
+    for iaf_direction, maf_direction in (("forward", "inverse"), ("inverse", "forward")):
+        iaf_out, maf_out = getattr(iaf, iaf_direction)(params, x), getattr(maf, maf_direction)(params, x)
+        np.testing.assert_allclose(iaf_out[0], maf_out[0], rtol=1e-6)
+        np.testing.assert_allclose(iaf_out[1], maf_out[1], rtol=1e-6)
+    assert iaf.name == "affine_inverse_autoregressive"
+
+
+@pytest.mark.parametrize("direction", ["forward", "inverse"])
+def test_context_changes_every_entry(direction):
+    bijector = _maf(context_dim=2)
+    params = perturbed_params(bijector, jax.random.key(0), 0.5)
+    x = jax.random.normal(jax.random.key(1), (DIM,))
+    first, _ = getattr(bijector, direction)(params, x, jnp.array([1.0, -0.5]))
+    second, _ = getattr(bijector, direction)(params, x, jnp.array([-1.0, 0.5]))
+    assert np.all(np.abs(np.asarray(first) - np.asarray(second)) > 1e-4)  # the first entry in order too
+
+
+def test_fresh_layer_is_the_identity_and_random_degree_conditioners_plug_in():
+    conditioner = functools.partial(made, hidden=(8,), hidden_degrees="random", key=jax.random.key(5))
+    bijector = masked_autoregressive(DIM, transformers.affine(), conditioner=conditioner)
+    x = jax.random.normal(jax.random.key(1), (DIM,))
+    y, log_det = bijector.forward(bijector.init(jax.random.key(0)), x)
+    np.testing.assert_allclose(y, x, atol=1e-6)
+    np.testing.assert_allclose(log_det, 0.0, atol=1e-6)
+    params = perturbed_params(bijector, jax.random.key(2), 0.5)
+    np.testing.assert_allclose(bijector.inverse(params, bijector.forward(params, x)[0])[0], x, rtol=1e-5, atol=1e-5)
+
+
+def test_sampling_loop_is_traced_once_whatever_the_dim():
+    def num_equations(dim):
+        bijector = masked_autoregressive(dim, transformers.affine(), hidden=(8,))
+        params = bijector.init(jax.random.key(0))
+        return len(jax.make_jaxpr(bijector.forward)(params, jnp.zeros(dim)).jaxpr.eqns)
+
+    assert num_equations(3) == num_equations(24)
+
+
+def test_one_dimensional_layer_is_an_elementwise_map():
+    bijector = masked_autoregressive(1, transformers.affine(), hidden=(4,))
+    params = perturbed_params(bijector, jax.random.key(0), 0.5)
+    y, log_det = bijector.forward(params, jnp.array([0.7]))
+    x, inverse_log_det = bijector.inverse(params, y)
+    np.testing.assert_allclose(x, [0.7], rtol=1e-6)
+    np.testing.assert_allclose(inverse_log_det, -log_det, rtol=1e-6)
+
+
+def test_autoregressive_layers_reject_bad_inputs():
+    conditional = _maf(context_dim=2)
+    params = conditional.init(jax.random.key(0))
+    for direction in ("forward", "inverse"):
+        run = getattr(conditional, direction)
+        with pytest.raises(ValueError, match=r"shape \(5,\)"):
+            run(params, jnp.ones((2, DIM)), jnp.ones(2))
+        with pytest.raises(ValueError, match="needs a context"):
+            run(params, jnp.ones(DIM))
+        with pytest.raises(ValueError, match=r"shape \(2,\) as context"):
+            run(params, jnp.ones(DIM), jnp.ones(3))
+        with pytest.raises(TypeError, match="floating"):
+            run(params, jnp.ones(DIM, int), jnp.ones(2))
+    unconditional = _maf()
+    with pytest.raises(ValueError, match="unconditional"):
+        unconditional.inverse(unconditional.init(jax.random.key(0)), jnp.ones(DIM), jnp.ones(2))
