@@ -1,20 +1,23 @@
 """Bijectors: the protocol, its combinators and the layers built on it."""
 
-from jaxflow.bijectors import transformers
-
+from jaxflow.bijectors import root_finding, transformers
 from jaxflow.bijectors.actnorm import actnorm
 from jaxflow.bijectors.base import Bijector, chain, freeze, initialize_from_data, invert, stack, transform
 from jaxflow.bijectors.autoregressive import inverse_autoregressive, masked_autoregressive
 from jaxflow.bijectors.coupling import additive_coupling, affine_coupling, alternating_mask, coupling, half_mask, random_mask
 from jaxflow.bijectors.elementwise import affine, elementwise, exp, logit, scale, shift, sigmoid, softplus, tanh
 from jaxflow.bijectors.linear import fixed_linear, linear, lu_linear
+from jaxflow.bijectors.mixture_cdf import logistic_mixture_cdf
 from jaxflow.bijectors.permutation import permutation, random_permutations, reverse
+from jaxflow.bijectors.planar import planar, radial
 from jaxflow.bijectors.spline import rational_quadratic_spline, spline_bijector, spline_forward, spline_inverse, spline_knots
+from jaxflow.bijectors.sylvester import sylvester
 
 __all__ = [
     "Bijector", "actnorm", "additive_coupling", "affine", "affine_coupling", "alternating_mask", "coupling",
     "half_mask", "random_mask", "inverse_autoregressive", "masked_autoregressive", "rational_quadratic_spline",
-    "spline_bijector", "spline_forward", "spline_inverse", "spline_knots", "chain", "elementwise", "exp", "fixed_linear", "freeze",
+    "spline_bijector", "spline_forward", "spline_inverse", "spline_knots", "logistic_mixture_cdf", "planar", "radial",
+    "sylvester", "chain", "elementwise", "exp", "fixed_linear", "freeze",
     "initialize_from_data", "invert", "linear", "logit", "lu_linear", "permutation", "random_permutations",
     "reverse", "scale", "shift", "sigmoid", "softplus", "stack", "tanh", "transform",
 ]

@@ -5,11 +5,17 @@
     params, history = reverse_kl.fit(key, flow, params, log_target)        # variational inference
     diagnostics.importance_diagnostics(key, flow, params, log_target)      # k_hat, ESS, log Z
 
+Both fits resume from checkpoints (`checkpoint_dir=...`, see `jaxflow.checkpoint`)
+and split each batch over the devices of a mesh (`mesh=sharding.data_mesh()`,
+see `sharding`).
+
 For a loop of your own: `state = init_state(params, optimizer)` and
 `step = jax.jit(make_step(loss_fn, optimizer))`.
 """
 
-from jaxflow.train import diagnostics, forward_kl, reverse_kl
+from jaxflow.train import diagnostics, forward_kl, reverse_kl, sharding
 from jaxflow.train._step import StepInfo, TrainState, init_state, make_step
 
-__all__ = ["StepInfo", "TrainState", "diagnostics", "forward_kl", "init_state", "make_step", "reverse_kl"]
+__all__ = [
+    "StepInfo", "TrainState", "diagnostics", "forward_kl", "init_state", "make_step", "reverse_kl", "sharding",
+]

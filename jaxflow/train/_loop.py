@@ -13,6 +13,13 @@ early stopping, checkpoints, logging):
 `history` holds the steps done so far ("loss", "grad_norm", "skipped", one entry
 per step). Every callback is called after every chunk; if any returns True,
 training stops after that chunk.
+
+Checkpoints (`jaxflow.checkpoint`) are written after the callbacks: every
+`save_every` steps (rounded up to whole chunks), when a callback stops
+training, and after the last chunk. A fit resumes from the newest one by
+passing its state and history back to `run`, which then carries on from there:
+as every key and batch is a function of the step number alone, the resumed run
+takes exactly the steps the uninterrupted one would have taken.
 """
 
 from __future__ import annotations
@@ -21,12 +28,14 @@ import time
 from typing import Callable, Sequence
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
 from jaxflow.train._step import StepInfo, TrainState
 
 Callback = Callable[[TrainState, dict], "bool | None"]
+Save = Callable[[TrainState, dict], None]
 RunChunk = Callable[[TrainState, int], "tuple[TrainState, StepInfo]"]
 
 ON_NONFINITE = ("skip", "raise")
@@ -55,15 +64,18 @@ def run(
     on_nonfinite: str = "skip",
     callbacks: Sequence[Callback | None] = (),
     description: str = "fit",
+    history: dict | None = None,
+    save: Save | None = None,
+    save_every: int = 1000,
 ) -> tuple[TrainState, dict]:
-    """Runs `num_steps` steps in chunks of `chunk_size`.
+    """Runs steps in chunks of `chunk_size` until `num_steps` steps are done.
 
     Args:
       run_chunk: jitted `(state, length) -> (state, infos)`, `infos` a `StepInfo`
         with a leading axis of `length`. `length` is static: a last, shorter
         chunk compiles once more.
       state: the starting `TrainState`.
-      num_steps: steps to take (fewer if a callback stops training).
+      num_steps: steps to have taken in all (fewer if a callback stops training).
       chunk_size: steps per host round trip.
       progress: show a tqdm bar with the loss and steps/s, updated per chunk.
       on_nonfinite: "skip" counts skipped steps in the history; "raise" raises
@@ -71,6 +83,10 @@ def run(
       callbacks: called after every chunk as described in the module docstring
         (None entries are ignored).
       description: label of the progress bar.
+      history: the per-step history of the steps `state` has already taken
+        (when resuming from a checkpoint); None for a fresh start.
+      save: `(state, history) -> None`, writes a checkpoint (see the module docstring).
+      save_every: steps between checkpoints, rounded up to a multiple of `chunk_size`.
 
     Returns:
       `(state, history)`: the final state, and numpy arrays "loss", "grad_norm",
@@ -78,11 +94,14 @@ def run(
     """
     check_options(num_steps, chunk_size, on_nonfinite)
     callbacks = [c for c in callbacks if c is not None]
-    history = {"loss": np.empty(num_steps), "grad_norm": np.empty(num_steps), "skipped": np.zeros(num_steps, bool)}
-    first_step = int(state.step)
-    done = 0
-    with tqdm(total=num_steps, desc=description, unit="step", disable=not progress) as bar:
-        while done < num_steps:
+    if int(save_every) < 1:
+        raise ValueError(f"checkpoint_every must be a positive number of steps, got {save_every}.")
+    save_every = -(-int(save_every) // chunk_size) * chunk_size
+    done, history = _history_from(history, num_steps)
+    first_step = int(state.step) - done
+    stop = False
+    with tqdm(total=num_steps, initial=done, desc=description, unit="step", disable=not progress) as bar:
+        while done < num_steps and not stop:
             length = min(chunk_size, num_steps - done)
             start = time.perf_counter()
             state, infos = run_chunk(state, length)
@@ -96,11 +115,76 @@ def run(
             bar.update(length)
             bar.set_postfix(loss=f"{_mean_finite(infos.loss):.4g}", steps_per_s=f"{steps_per_s:.0f}")
             so_far = {name: values[:done] for name, values in history.items()}
-            if any([callback(state, so_far) for callback in callbacks]):
-                break
+            stop = any([callback(state, so_far) for callback in callbacks])
+            if save is not None and (stop or done == num_steps or done % save_every == 0):
+                save(state, so_far)
     history = {name: values[:done] for name, values in history.items()}
     history["num_skipped"] = np.asarray(history["skipped"].sum())
     return state, history
+
+
+def _history_from(previous: dict | None, num_steps: int) -> tuple[int, dict]:
+    """(steps done, per-step history arrays of length `num_steps` holding `previous` at the start)."""
+    history = {"loss": np.empty(num_steps), "grad_norm": np.empty(num_steps), "skipped": np.zeros(num_steps, bool)}
+    if previous is None:
+        return 0, history
+    done = len(previous["loss"])
+    if done > num_steps:
+        raise ValueError(f"the run to resume has taken {done} steps already, more than num_steps={num_steps}.")
+    for name, values in history.items():
+        values[:done] = previous[name]
+    return done, history
+
+
+def resume(directory, key, state: TrainState, extra=None):
+    """The `jaxflow.checkpoint.Snapshot` to continue a fit from: the newest in `directory`.
+
+    None if `directory` is None or holds no complete checkpoint.
+
+    Raises:
+      ValueError: if the checkpoint is of another model or optimizer (see
+        `jaxflow.checkpoint.restore`), or of a run started with another key.
+    """
+    if directory is None:
+        return None
+    from jaxflow import checkpoint  # orbax takes seconds to import: only when checkpoints are asked for
+
+    if checkpoint.latest(directory) is None:
+        return None
+    snapshot = checkpoint.restore(directory, state, extra=extra)
+    if not _same_key(snapshot.key, key):
+        raise ValueError(
+            f"the checkpoint in {directory} belongs to a run started with another key; pass that run's key to "
+            "resume it, or a fresh checkpoint_dir to start a new run."
+        )
+    on_device = lambda tree: jax.tree.map(jnp.asarray, tree)  # noqa: E731
+    return snapshot._replace(state=on_device(snapshot.state), extra=on_device(snapshot.extra))
+
+
+def saver(directory, key, extras: Callable[[TrainState], tuple[dict, object]] | None = None) -> Save | None:
+    """`save(state, history)` writing a checkpoint of the run started with `key` to `directory` (None: no saver).
+
+    `extras(state) -> (more_history, extra)` adds what else the fit needs to
+    resume (e.g. the validation losses and the best params so far).
+    """
+    if directory is None:
+        return None
+    from jaxflow import checkpoint  # orbax takes seconds to import: only when checkpoints are asked for
+
+    def save(state: TrainState, history: dict) -> None:
+        more_history, extra = ({}, None) if extras is None else extras(state)
+        checkpoint.save(directory, checkpoint.Snapshot(state, key, history | more_history, extra))
+
+    return save
+
+
+def _same_key(a, b) -> bool:
+    a, b = _key_data(a), _key_data(b)
+    return a.shape == b.shape and bool(np.all(a == b))
+
+
+def _key_data(key) -> np.ndarray:
+    return np.asarray(jax.random.key_data(key) if jnp.issubdtype(key.dtype, jax.dtypes.prng_key) else key)
 
 
 def _nonfinite_error(chunk_start: int, infos: StepInfo) -> FloatingPointError:

@@ -8,6 +8,12 @@ direction is cheap (e.g. `invert` an autoregressive flow made for sampling).
 Data is moved to the device once; every chunk of steps draws its batch indices
 on device from one random permutation of the rows per epoch, so no batch is
 copied from the host.
+
+Batches, dequantisation noise and log-det keys are functions of the key and the
+step number alone, so a run resumed from a checkpoint (`checkpoint_dir=...`)
+ends with the params of the uninterrupted run, and a data-parallel run
+(`mesh=...`, see `jaxflow.train.sharding`) with those of the single-device run
+up to the order of floating-point sums.
 """
 
 from __future__ import annotations
@@ -18,7 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxflow.train import _loop
+from jaxflow.train import _loop, sharding
 from jaxflow.train._step import init_state, make_step, with_clipping
 
 DEFAULT_NUM_STEPS = 1000
@@ -59,6 +65,9 @@ def fit(
     progress: bool = True,
     on_nonfinite: str = "skip",
     callback=None,
+    checkpoint_dir=None,
+    checkpoint_every: int = 1000,
+    mesh=None,
 ):
     """Fits `flow` to `data` by maximum likelihood with minibatch optimisation.
 
@@ -86,6 +95,13 @@ def fit(
       progress: show a progress bar.
       on_nonfinite: "skip" steps whose loss or gradient is not finite, or "raise".
       callback: `(state, history) -> bool | None` called after every chunk; True stops.
+      checkpoint_dir: a directory for checkpoints (`jaxflow.checkpoint`). If it
+        holds one of a run of this model started with this key, training
+        resumes from the newest, history and validation record included.
+      checkpoint_every: steps between checkpoints, rounded up to whole chunks;
+        one is also written when training stops.
+      mesh: a `jax.sharding.Mesh` with a "data" axis: each batch is split over
+        its devices (`batch_size` must be a multiple of their number).
 
     Returns:
       `(params, history)`; history holds numpy arrays "loss", "grad_norm" and
@@ -95,7 +111,8 @@ def fit(
 
     Raises:
       ValueError: for data with NaN/inf rows, the wrong shape, or a context not
-        matching the data; TypeError for non-float data without `dequantize`.
+        matching the data, or a checkpoint of another model or key; TypeError
+        for non-float data without `dequantize`.
     """
     split_key, batch_key, noise_key, log_det_key = jax.random.split(key, 4)
     train, valid = _train_and_validation_sets(
@@ -108,6 +125,8 @@ def fit(
     batch_size = min(int(batch_size), num_rows)
     num_steps = _num_steps(num_steps, epochs, num_rows // batch_size)
     optimizer = with_clipping(optimizer, clip_norm)
+    sharding.check_batch(mesh, batch_size, "batch_size")
+    train, valid = sharding.replicate((train, valid), mesh)
 
     def batch_loss(params, x, context, step):
         if dequantize is not None:
@@ -122,21 +141,32 @@ def fit(
         x, context = train
 
         def train_step(state, rows):
-            return step(state, x[rows], None if context is None else context[rows], state.step)
+            batch = sharding.constrain_batch((x[rows], None if context is None else context[rows]), mesh)
+            return step(state, *batch, state.step)
 
         rows = _batch_indices(batch_key, state.step, length, num_rows, batch_size)
-        return _loop.scan_steps(train_step, state, (rows,))
+        return sharding.constrain_replicated(_loop.scan_steps(train_step, state, (rows,)), mesh)
 
     tracker = None if valid is None else _BestOnValidation(flow, valid, patience, batch_size)
+    state, history = init_state(params, optimizer), None
+    snapshot = _loop.resume(checkpoint_dir, key, state, extra=None if tracker is None else params)
+    if snapshot is not None:
+        state, history = snapshot.state, snapshot.history
+        if tracker is not None:
+            tracker.resume(history, snapshot.extra)
+            num_steps = len(history["loss"]) if tracker.exhausted else num_steps
     state, history = _loop.run(
         lambda state, length: run_chunk(state, train, length),
-        init_state(params, optimizer),
+        sharding.replicate(state, mesh),
         num_steps,
         chunk_size=chunk_size,
         progress=progress,
         on_nonfinite=on_nonfinite,
         callbacks=(tracker, callback),
         description="forward KL",
+        history=history,
+        save=_loop.saver(checkpoint_dir, key, None if tracker is None else tracker.checkpoint),
+        save_every=checkpoint_every,
     )
     if tracker is None or tracker.best_params is None or not restore_best:
         best_params, best_step = state.params, int(state.step)
@@ -159,6 +189,10 @@ class _BestOnValidation:
         self.losses, self.steps = [], []
         self.best_loss, self.best_params, self.best_step, self.chunks_since_best = np.inf, None, -1, 0
 
+    @property
+    def exhausted(self) -> bool:
+        return self.patience is not None and self.chunks_since_best >= self.patience
+
     def __call__(self, state, history):
         del history
         value = float(self.evaluate(state.params, *self.valid))
@@ -169,7 +203,24 @@ class _BestOnValidation:
             self.chunks_since_best = 0
         else:
             self.chunks_since_best += 1
-        return self.patience is not None and self.chunks_since_best >= self.patience
+        return self.exhausted
+
+    def checkpoint(self, state):
+        """(history entries, best params) to save with `state`; the current params stand in until there is a best."""
+        history = {"validation_loss": np.asarray(self.losses), "validation_step": np.asarray(self.steps, int)}
+        return history, state.params if self.best_params is None else self.best_params
+
+    def resume(self, history, best_params):
+        """Takes up the record of a checkpointed run: its validation losses and best params."""
+        self.losses, self.steps = history["validation_loss"].tolist(), history["validation_step"].tolist()
+        losses = np.asarray(self.losses, float)
+        losses = np.where(np.isnan(losses), np.inf, losses)  # as in __call__: NaN is never better
+        best = int(np.argmin(losses)) if losses.size else -1
+        if best < 0 or not losses[best] < np.inf:
+            self.chunks_since_best = len(self.losses)
+            return
+        self.best_loss, self.best_params, self.best_step = losses[best], best_params, self.steps[best]
+        self.chunks_since_best = len(self.losses) - 1 - best
 
 
 def _mean_negative_log_prob(flow, params, x, context, *, batch_size):

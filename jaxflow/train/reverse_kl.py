@@ -38,13 +38,15 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxflow.train import _loop
+from jaxflow.train import _loop, sharding
 from jaxflow.train._step import init_state, make_step, with_clipping
 
 OBJECTIVES = ("elbo", "iwae")
 
 
-def elbo_loss(params, flow, key, log_target, num_samples: int, *, stick_the_landing: bool = False, temperature=1.0):
+def elbo_loss(
+    params, flow, key, log_target, num_samples: int, *, stick_the_landing: bool = False, temperature=1.0, mesh=None
+):
     """The negative ELBO, mean(log q(x) - log p~(x) / temperature) over `num_samples` draws x ~ q.
 
     Args:
@@ -57,27 +59,32 @@ def elbo_loss(params, flow, key, log_target, num_samples: int, *, stick_the_land
         inverse pass), which drops the score term: same expected gradient, and
         zero variance when q matches the target (Roeder et al. 2017).
       temperature: the target is p~^(1 / temperature); annealing starts high.
+      mesh: split the draws over the "data" axis of this mesh (`jaxflow.train.sharding`).
     """
     if num_samples < 1:
         raise ValueError(f"num_samples must be a positive integer, got {num_samples}.")
-    x, log_q = flow.sample_and_log_prob(params, key, (num_samples,))
+    sharding.check_batch(mesh, num_samples, "num_samples")
+    x, log_q = sharding.constrain_batch(flow.sample_and_log_prob(params, key, (num_samples,)), mesh)
     if stick_the_landing:
         log_q = flow.log_prob(jax.lax.stop_gradient(params), x)
     return jnp.mean(log_q - _log_density(log_target, x, flow.event_shape) / temperature)
 
 
-def iwae_loss(params, flow, key, log_target, num_samples: int, *, num_importance: int, temperature=1.0):
+def iwae_loss(params, flow, key, log_target, num_samples: int, *, num_importance: int, temperature=1.0, mesh=None):
     """The negative importance-weighted bound (IWAE), averaged over num_samples // num_importance groups.
 
     Each group of `num_importance` draws gives log mean_k exp(log w_k), with
     log w = log p~ / temperature - log q; `num_importance=1` is the ELBO. The
-    bound tightens towards log Z as `num_importance` grows.
+    bound tightens towards log Z as `num_importance` grows. With a `mesh`, the
+    groups are split over its "data" axis.
     """
     if num_importance < 1 or num_samples % num_importance:
         raise ValueError(
             f"num_samples ({num_samples}) must be a positive multiple of num_importance ({num_importance})."
         )
-    x, log_q = flow.sample_and_log_prob(params, key, (num_samples // num_importance, num_importance))
+    groups = (num_samples // num_importance, num_importance)
+    sharding.check_batch(mesh, groups[0], "num_samples // num_importance")
+    x, log_q = sharding.constrain_batch(flow.sample_and_log_prob(params, key, groups), mesh)
     log_weights = _log_density(log_target, x, flow.event_shape) / temperature - log_q
     return -jnp.mean(jax.nn.logsumexp(log_weights, axis=1) - jnp.log(num_importance))
 
@@ -113,6 +120,9 @@ def fit(
     progress: bool = True,
     on_nonfinite: str = "skip",
     callback=None,
+    checkpoint_dir=None,
+    checkpoint_every: int = 1000,
+    mesh=None,
 ):
     """Fits `flow` to the unnormalised density exp(log_target) by minimising a reverse-KL objective.
 
@@ -134,6 +144,14 @@ def fit(
       progress: show a progress bar.
       on_nonfinite: "skip" steps whose loss or gradient is not finite, or "raise".
       callback: `(state, history) -> bool | None` called after every chunk; True stops.
+      checkpoint_dir: a directory for checkpoints (`jaxflow.checkpoint`). If it
+        holds one of a run of this model started with this key, training
+        resumes from the newest (draws depend on the key and step alone, so
+        the resumed run ends with the uninterrupted run's params).
+      checkpoint_every: steps between checkpoints, rounded up to whole chunks;
+        one is also written when training stops.
+      mesh: a `jax.sharding.Mesh` with a "data" axis: each step's draws (IWAE:
+        groups of draws) are split over its devices, whose number must divide them.
 
     Returns:
       `(params, history)`; history holds numpy arrays "loss" (the objective
@@ -154,7 +172,7 @@ def fit(
         objective_loss = functools.partial(iwae_loss, num_importance=num_importance)
 
     def loss_fn(params, key, temperature):
-        return objective_loss(params, flow, key, log_target, num_samples, temperature=temperature)
+        return objective_loss(params, flow, key, log_target, num_samples, temperature=temperature, mesh=mesh)
 
     optimizer = with_clipping(optimizer, clip_norm)
     step = make_step(loss_fn, optimizer)
@@ -163,17 +181,23 @@ def fit(
     def run_chunk(state, key, length):
         steps = state.step + jnp.arange(length)
         keys = jax.vmap(functools.partial(jax.random.fold_in, key))(steps)
-        return _loop.scan_steps(step, state, (keys, 1.0 / jax.vmap(schedule)(steps)))
+        state_and_infos = _loop.scan_steps(step, state, (keys, 1.0 / jax.vmap(schedule)(steps)))
+        return sharding.constrain_replicated(state_and_infos, mesh)
 
+    state = init_state(params, optimizer)
+    snapshot = _loop.resume(checkpoint_dir, key, state)
     state, history = _loop.run(
         lambda state, length: run_chunk(state, key, length),
-        init_state(params, optimizer),
+        sharding.replicate(state if snapshot is None else snapshot.state, mesh),
         num_steps,
         chunk_size=chunk_size,
         progress=progress,
         on_nonfinite=on_nonfinite,
         callbacks=(callback,),
         description=f"reverse KL ({objective})",
+        history=None if snapshot is None else snapshot.history,
+        save=_loop.saver(checkpoint_dir, key),
+        save_every=checkpoint_every,
     )
     history["beta"] = np.asarray(jax.vmap(schedule)(jnp.arange(history["loss"].size)))
     return state.params, history

@@ -1,0 +1,231 @@
+"""Planar and radial flows: residual maps through a single hidden unit.
+
+Forward (base -> data) is the closed-form map, the cheap direction used in
+variational inference, where samples and their densities both come from it.
+Inverse is numerical for tanh planar flows (a bracketed 1-D root find) and in
+closed form for leaky-ReLU planar and radial flows. Both constrain their params so
+that every value is invertible (Rezende & Mohamed, appendix A).
+
+References: Rezende & Mohamed (2015), Variational Inference with Normalizing Flows,
+https://arxiv.org/abs/1505.05770
+"""
+
+from __future__ import annotations
+
+from typing import Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxflow.bijectors._checks import check_event
+from jaxflow.bijectors.base import Bijector
+from jaxflow.bijectors.root_finding import solve_monotone
+
+_SOFTPLUS_INVERSE_OF_ONE = float(np.log(np.expm1(1.0)))  # softplus(this) = 1
+
+
+def one_plus_gain(raw):
+    """softplus(raw + log(e - 1)) in (0, inf), equal to 1 at raw = 0.
+
+    The gain `one_plus_gain(raw) - 1` is Rezende & Mohamed's m(a) = -1 + softplus(a),
+    shifted so that zero params give the identity; it covers (-1, inf). Keeping
+    1 + gain separately avoids the cancellation of computing it from the gain.
+    """
+    return jax.nn.softplus(raw + _SOFTPLUS_INVERSE_OF_ONE)
+
+
+class Activation(NamedTuple):
+    """An increasing nonlinearity h with slopes in [0, 1], so that 1 + gain * h' > 0 for gain > -1.
+
+    Attributes:
+      fn: z -> h(z).
+      slopes: z -> (h'(z), 1 - h'(z)), the second computed without cancellation.
+      solve: (gain_plus_one, shift, target) -> the alpha with
+        alpha + gain * h(alpha + shift) = target, for gain > -1 (the left side is then
+        increasing in alpha).
+    """
+
+    fn: Callable
+    slopes: Callable
+    solve: Callable
+
+
+def log_one_plus_gain_times_slope(activation: Activation, z, gain_plus_one):
+    """log(1 + gain * h'(z)), written as log((1 - h') + h' * (1 + gain)): both terms are >= 0."""
+    slope, complement = activation.slopes(z)
+    return jnp.log(complement + slope * gain_plus_one)
+
+
+def _tanh_slopes(z):
+    decay = jnp.exp(-2 * jnp.abs(z))  # sech^2 without overflow: 4 e^{-2|z|} / (1 + e^{-2|z|})^2
+    return 4 * decay / jnp.square(1 + decay), jnp.square(jnp.tanh(z))
+
+
+def _tanh_solve(gain_plus_one, shift, target):
+    # |tanh| < 1 puts the root within |gain| of the target.
+    gain = gain_plus_one - 1
+    reach = jnp.abs(gain)
+    return solve_monotone(lambda alpha: alpha + gain * jnp.tanh(alpha + shift), target, target - reach, target + reach)
+
+
+TANH = Activation(jnp.tanh, _tanh_slopes, _tanh_solve)
+
+
+def leaky_relu(negative_slope: float) -> Activation:
+    """h(z) = z for z >= 0 and negative_slope * z below; 0 <= negative_slope <= 1.
+
+    The 1-D equation is linear on each side of the kink alpha = -shift, where its left
+    side equals -shift, so the inverse is exact.
+    """
+    if not 0.0 <= negative_slope <= 1.0:
+        raise ValueError(
+            f"leaky_relu: negative_slope must lie in [0, 1] for the planar constraint to hold, got {negative_slope}."
+        )
+
+    def slope(z):
+        return jnp.where(z >= 0, 1.0, negative_slope).astype(jnp.result_type(z))
+
+    def solve(gain_plus_one, shift, target):
+        side_slope = slope(target + shift)
+        gain = gain_plus_one - 1
+        return (target - gain * side_slope * shift) / ((1 - side_slope) + side_slope * gain_plus_one)
+
+    return Activation(lambda z: z * slope(z), lambda z: (slope(z), 1 - slope(z)), solve)
+
+
+def _activation(name: str, negative_slope: float) -> Activation:
+    if name == "tanh":
+        return TANH
+    if name == "leaky_relu":
+        return leaky_relu(negative_slope)
+    raise ValueError(f"planar: activation must be 'tanh' or 'leaky_relu', got {name!r}.")
+
+
+def check_params(name: str, params, shapes: dict[str, tuple[int, ...]]) -> None:
+    """Raises a clear error unless `params` is a dict with exactly `shapes`' keys and shapes."""
+    if not isinstance(params, dict) or set(params) != set(shapes):
+        got = sorted(params) if isinstance(params, dict) else type(params).__name__
+        raise ValueError(
+            f"{name}: expected params with keys {sorted(shapes)}, got {got}; were they made by this bijector's init?"
+        )
+    for key, shape in shapes.items():
+        if tuple(jnp.shape(params[key])) != shape:
+            raise ValueError(f"{name}: params[{key!r}] should have shape {shape}, got {tuple(jnp.shape(params[key]))}.")
+
+
+def check_dim(name: str, dim) -> int:
+    """Returns `dim` as an int after checking that it is a positive int."""
+    if not isinstance(dim, (int, np.integer)) or dim < 1:
+        raise ValueError(f"{name}: dim must be a positive int, got {dim!r}.")
+    return int(dim)
+
+
+def planar(dim: int, *, activation: str = "tanh", negative_slope: float = 0.01) -> Bijector:
+    """y = x + u_hat h(w . x + b), invertible for every value of the params.
+
+    u_hat = u + (m - w.u) w / |w|^2 with m = one_plus_gain(w.u) - 1 > -1, so that
+    w . u_hat = m and the Jacobian determinant 1 + m h'(w.x + b) (matrix determinant
+    lemma) is positive. The inverse solves the 1-D equation alpha + m h(alpha + b) = w.y
+    for alpha = w.x, then x = y - u_hat h(alpha + b).
+
+    Starts at the identity (u = 0) with a random unit-scale w, so that gradients reach
+    u at once. Params: {"u": (dim,), "w": (dim,), "bias": ()}; w must stay non-zero.
+
+    Args:
+      dim: event size.
+      activation: "tanh" (inverse by root finding to float precision, see
+        `root_finding`) or "leaky_relu" (inverse in closed form).
+      negative_slope: the leaky ReLU's slope for negative inputs, in [0, 1].
+    """
+    dim = check_dim("planar", dim)
+    h = _activation(activation, negative_slope)
+    name = f"planar_{activation}"
+
+    def init(key):
+        return {"u": jnp.zeros(dim), "w": jax.random.normal(key, (dim,)) / np.sqrt(dim), "bias": jnp.zeros(())}
+
+    def constrained(params):
+        check_params(name, params, {"u": (dim,), "w": (dim,), "bias": ()})
+        u, w = params["u"], params["w"]
+        gain_plus_one = one_plus_gain(w @ u)
+        u_hat = u + (gain_plus_one - 1 - w @ u) * w / (w @ w)
+        return u_hat, w, params["bias"], gain_plus_one
+
+    def forward(params, x, context=None):
+        del context
+        x = check_event(name, x, (dim,))
+        u_hat, w, bias, gain_plus_one = constrained(params)
+        z = w @ x + bias
+        return x + u_hat * h.fn(z), log_one_plus_gain_times_slope(h, z, gain_plus_one)
+
+    def inverse(params, y, context=None):
+        del context
+        y = check_event(name, y, (dim,))
+        u_hat, w, bias, gain_plus_one = constrained(params)
+        alpha = h.solve(gain_plus_one, bias, w @ y)
+        return y - u_hat * h.fn(alpha + bias), -log_one_plus_gain_times_slope(h, alpha + bias, gain_plus_one)
+
+    return Bijector(init, forward, inverse, name)
+
+
+def radial(dim: int) -> Bijector:
+    """y = x + beta (x - x0) / (alpha + r) with r = |x - x0|, invertible for every value of the params.
+
+    alpha = exp(log_alpha) > 0 and beta = alpha (one_plus_gain(beta_raw) - 1) >= -alpha
+    (Rezende & Mohamed's condition). With c = alpha + beta the map scales x - x0 by
+    (c + r) / (alpha + r), so
+      log det = (dim - 1) log((c + r) / (alpha + r)) + log((alpha c + r (2 alpha + r)) / (alpha + r)^2),
+    and the inverse solves r^2 + (c - s) r - alpha s = 0 for r given s = |y - x0|
+    (its positive root, in a cancellation-free form).
+
+    Starts at the identity (beta = 0) around a random centre. Params:
+    {"center": (dim,), "log_alpha": (), "beta_raw": ()}.
+    """
+    dim = check_dim("radial", dim)
+
+    def init(key):
+        return {"center": jax.random.normal(key, (dim,)), "log_alpha": jnp.zeros(()), "beta_raw": jnp.zeros(())}
+
+    def unpack(params):
+        check_params("radial", params, {"center": (dim,), "log_alpha": (), "beta_raw": ()})
+        alpha = jnp.exp(params["log_alpha"])
+        return params["center"], alpha, alpha * one_plus_gain(params["beta_raw"])
+
+    def scale_and_log_det(alpha, alpha_plus_beta, r):
+        scale = (alpha_plus_beta + r) / (alpha + r)
+        radial_slope = (alpha * alpha_plus_beta + r * (2 * alpha + r)) / jnp.square(alpha + r)
+        return scale, (dim - 1) * jnp.log(scale) + jnp.log(radial_slope)
+
+    def forward(params, x, context=None):
+        del context
+        x = check_event("radial", x, (dim,))
+        center, alpha, alpha_plus_beta = unpack(params)
+        scale, log_det = scale_and_log_det(alpha, alpha_plus_beta, _norm(x - center))
+        return center + scale * (x - center), log_det
+
+    def inverse(params, y, context=None):
+        del context
+        y = check_event("radial", y, (dim,))
+        center, alpha, alpha_plus_beta = unpack(params)
+        r = _radius_before(alpha, alpha_plus_beta, _norm(y - center))
+        scale, log_det = scale_and_log_det(alpha, alpha_plus_beta, r)
+        return center + (y - center) / scale, -log_det
+
+    return Bijector(init, forward, inverse, "radial")
+
+
+def _norm(v):
+    """|v|, with a zero rather than NaN gradient at v = 0 (the radial map is smooth there)."""
+    square = jnp.sum(jnp.square(v))
+    positive = square > 0
+    return jnp.where(positive, jnp.sqrt(jnp.where(positive, square, 1.0)), 0.0)
+
+
+def _radius_before(alpha, alpha_plus_beta, s):
+    """The r >= 0 with r (alpha + beta + r) / (alpha + r) = s: the positive root of r^2 + d r - alpha s, d = c - s."""
+    d = alpha_plus_beta - s
+    root = jnp.sqrt(jnp.square(d) + 4 * alpha * s)
+    non_negative = d >= 0
+    # For d >= 0 the textbook (root - d) / 2 cancels; rationalise it there.
+    return jnp.where(non_negative, 2 * alpha * s / jnp.where(non_negative, d + root, 1.0), (root - d) / 2)

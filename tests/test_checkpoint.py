@@ -1,0 +1,209 @@
+"""Checkpoints: round trips, keep-last-k, resume after a kill, half-written saves, refusal of other models."""
+
+import json
+import os
+import runpy
+import shutil
+import signal
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import jaxflow as jf
+from jaxflow import checkpoint
+from jaxflow.train import forward_kl, init_state, reverse_kl
+
+# The same fit runs killed in a subprocess and resumed in this process: it lives in a file both can run.
+FIT_SCRIPT = """
+import jax
+import numpy as np
+import optax
+
+import jaxflow as jf
+from jaxflow.train import forward_kl
+
+
+def run(checkpoint_dir=None, callback=None):
+    flow = jf.Flow(jf.standard_normal(2), jf.bijectors.affine(2))  # N(0, I) at init
+    rng = np.random.default_rng(0)
+    data = (rng.normal(size=(400, 2)) * 0.5 + 1.0).astype(np.float32)
+    # Fitting the data takes q away from N(0, I): the validation loss is best after the first chunk (step 10),
+    # then worse, so patience=3 stops training after step 40.
+    validation = rng.normal(size=(200, 2)).astype(np.float32)
+    return forward_kl.fit(
+        jax.random.key(1), flow, flow.init(jax.random.key(0)), data, validation_data=validation, patience=3,
+        batch_size=32, num_steps=60, chunk_size=10, optimizer=optax.adam(1e-2), checkpoint_dir=checkpoint_dir,
+        checkpoint_every=20, callback=callback, progress=False,
+    )
+"""
+
+KILL_SCRIPT = """
+import os
+import signal
+import sys
+
+from fit import run
+
+
+def kill_after_step_30(state, history):  # the checkpoint of step 20 is complete; step 30's is never written
+    if len(history["loss"]) == 30:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+run(sys.argv[1], kill_after_step_30)
+"""
+
+
+def affine_state(dim, step=0, optimizer=optax.adam(1e-3)):
+    flow = jf.Flow(jf.standard_normal(dim), jf.bijectors.affine(dim))
+    state = init_state(flow.init(jax.random.key(0)), optimizer)
+    return state._replace(step=jnp.asarray(step, jnp.int32))
+
+
+def a_snapshot(step):
+    """A state with distinct values in every leaf, and a history with floats, bools and an empty array."""
+    state = affine_state(3, step)
+    distinct = lambda leaf: leaf + np.arange(leaf.size, dtype=leaf.dtype).reshape(leaf.shape) + step  # noqa: E731
+    state = state._replace(params=jax.tree.map(distinct, state.params),
+                           opt_state=jax.tree.map(distinct, state.opt_state))
+    history = {
+        "loss": np.linspace(0.0, 1.0, step, dtype=np.float32),
+        "skipped": np.arange(step) % 7 == 3,
+        "validation_loss": np.zeros(0),
+    }
+    return checkpoint.Snapshot(state, jax.random.key(step), history, extra={"best": state.params})
+
+
+def assert_same_snapshot(restored, saved):
+    jax.tree.map(np.testing.assert_array_equal, (restored.state, restored.extra), (saved.state, saved.extra))
+    assert jax.tree.map(lambda a: a.dtype, restored.state) == jax.tree.map(lambda a: a.dtype, saved.state)
+    assert restored.history.keys() == saved.history.keys()
+    for name, values in saved.history.items():
+        assert restored.history[name].dtype == values.dtype
+        np.testing.assert_array_equal(restored.history[name], values)
+    np.testing.assert_array_equal(jax.random.key_data(restored.key), jax.random.key_data(saved.key))
+
+
+def test_round_trip_keeps_the_last_k(tmp_path):
+    snapshots = {step: a_snapshot(step) for step in (10, 20, 30)}
+    for snapshot in snapshots.values():
+        checkpoint.save(tmp_path, snapshot, keep=2)
+    assert sorted(os.listdir(tmp_path)) == ["20", "30"] and checkpoint.latest(tmp_path) == 30
+    template = affine_state(3)
+    extra = {"best": template.params}
+    assert_same_snapshot(checkpoint.restore(tmp_path, template, extra=extra), snapshots[30])
+    assert_same_snapshot(checkpoint.restore(tmp_path, template, extra=extra, step=20), snapshots[20])
+    assert checkpoint.latest(tmp_path / "nothing here") is None
+
+
+def test_a_checkpoint_is_arrays_and_json_without_pickles(tmp_path):
+    checkpoint.save(tmp_path, a_snapshot(10))
+    files = [os.path.join(root, name) for root, _, names in os.walk(tmp_path) for name in names]
+    for path in files:
+        with open(path, "rb") as f:
+            head = f.read(2)
+        assert not (head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05")), f"{path} is a pickle"
+    (meta,) = [path for path in files if path.endswith(os.path.join("meta", "metadata"))]
+    with open(meta) as f:
+        meta = json.load(f)
+    assert meta["history"]["skipped"] == [[10], "bool"] and meta["history"]["validation_loss"] == [[0], "float64"]
+    assert meta["leaves"]["state/params/bijector/shift"] == [[3], "float32"]
+    assert meta["params_fingerprint"] == checkpoint.fingerprint(affine_state(3).params)
+
+
+def test_a_half_written_checkpoint_is_ignored(tmp_path):
+    saved = a_snapshot(20)
+    checkpoint.save(tmp_path, saved)
+    checkpoint.save(tmp_path, a_snapshot(40))
+    # What a save killed halfway leaves: the step's temporary directory, partly written, never renamed.
+    interrupted = tmp_path / "40.orbax-checkpoint-tmp-1700000000"
+    os.rename(tmp_path / "40", interrupted)
+    shutil.rmtree(interrupted / "arrays")
+    assert checkpoint.latest(tmp_path) == 20
+    template = affine_state(3)
+    assert_same_snapshot(checkpoint.restore(tmp_path, template, extra={"best": template.params}), saved)
+
+
+def test_another_model_is_refused_naming_the_leaf(tmp_path):
+    checkpoint.save(tmp_path, checkpoint.Snapshot(affine_state(2, 10), jax.random.key(0), {}))
+    with pytest.raises(ValueError, match=r"different model.*state/opt_state/0/mu/bijector/log_scale: "
+                                         r"float32\(2,\) in the checkpoint, float32\(3,\) in the template"):
+        checkpoint.restore(tmp_path, affine_state(3))
+    with pytest.raises(ValueError, match=r"another optimizer.*state/opt_state/0/mu/bijector/log_scale: float32\(2,\) "
+                                         r"in the checkpoint, absent in the template"):
+        checkpoint.restore(tmp_path, affine_state(2, optimizer=optax.sgd(1e-3)))
+    with pytest.raises(ValueError, match=r"extra/best/shift: absent in the checkpoint, float32\(2,\)"):
+        checkpoint.restore(tmp_path, affine_state(2), extra={"best": affine_state(2).params["bijector"]})
+    with pytest.raises(TypeError, match="scalar `step`"):
+        checkpoint.save(tmp_path, checkpoint.Snapshot({"w": jnp.ones(2)}, jax.random.key(0), {}))
+    with pytest.raises(FileNotFoundError, match="at step 7"):
+        checkpoint.restore(tmp_path, affine_state(2), step=7)
+
+
+def test_forward_kl_resumed_after_a_kill_ends_like_the_uninterrupted_run(tmp_path):
+    (tmp_path / "fit.py").write_text(FIT_SCRIPT)
+    (tmp_path / "kill.py").write_text(KILL_SCRIPT)
+    directory = tmp_path / "checkpoints"
+    killed = subprocess.run(
+        [sys.executable, str(tmp_path / "kill.py"), str(directory)], cwd=tmp_path, capture_output=True, text=True,
+        timeout=300,
+    )
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    assert checkpoint.latest(directory) == 20
+
+    run = runpy.run_path(str(tmp_path / "fit.py"))["run"]
+    resumed_params, resumed = run(directory)
+    params, history = run()
+    assert history["loss"].shape == (40,) and history["best_step"] == 10  # early stopping, as designed
+    assert checkpoint.latest(directory) == 40
+    jax.tree.map(np.testing.assert_array_equal, resumed_params, params)  # the best params, from the checkpoint
+    for name in ("loss", "grad_norm", "skipped", "validation_loss", "validation_step", "best_step"):
+        np.testing.assert_array_equal(resumed[name], history[name])
+    chunks = []
+    again_params, again = run(directory, lambda state, history: chunks.append(1))
+    assert not chunks and again["loss"].shape == (40,)  # an early-stopped run stays stopped
+    jax.tree.map(np.testing.assert_array_equal, again_params, params)
+
+
+def test_forward_kl_refuses_a_checkpoint_of_another_model_or_key(tmp_path):
+    (tmp_path / "fit.py").write_text(FIT_SCRIPT)
+    run = runpy.run_path(str(tmp_path / "fit.py"))["run"]
+    run(tmp_path / "checkpoints", lambda state, history: True)  # stops (and saves) after the first chunk
+    flow = jf.Flow(jf.standard_normal(2), jf.stack(jf.bijectors.affine(2), 2))
+    data = np.ones((100, 2), np.float32)
+    with pytest.raises(ValueError, match=r"different model.*state/params/bijector/log_scale: float32\(2,\) in the "
+                                         r"checkpoint, float32\(2, 2\) in the template"):
+        forward_kl.fit(jax.random.key(1), flow, flow.init(jax.random.key(0)), data, progress=False,
+                                checkpoint_dir=tmp_path / "checkpoints")
+    flow = jf.Flow(jf.standard_normal(2), jf.bijectors.affine(2))
+    with pytest.raises(ValueError, match="another key"):
+        forward_kl.fit(jax.random.key(2), flow, flow.init(jax.random.key(0)), data, progress=False,
+                                checkpoint_dir=tmp_path / "checkpoints")
+
+
+def test_reverse_kl_stopped_and_resumed_ends_like_the_uninterrupted_run(tmp_path):
+    flow = jf.Flow(jf.standard_normal(2), jf.bijectors.affine(2))
+
+    def fit(**options):
+        return reverse_kl.fit(
+            jax.random.key(3), flow, flow.init(jax.random.key(0)), lambda x: -0.5 * jnp.sum((x - 1.0) ** 2),
+            num_steps=50, chunk_size=10, anneal_steps=30, optimizer=optax.adam(1e-2), checkpoint_every=20,
+            progress=False, **options,
+        )
+
+    params, history = fit()
+    fit(checkpoint_dir=tmp_path, callback=lambda state, history: len(history["loss"]) == 30)
+    assert sorted(os.listdir(tmp_path)) == ["20", "30"]  # every 20 steps, and where the callback stopped
+    resumed_params, resumed = fit(checkpoint_dir=tmp_path)
+    chunks = []
+    again_params, again = fit(checkpoint_dir=tmp_path, callback=lambda state, history: chunks.append(1))
+    assert checkpoint.latest(tmp_path) == 50 and not chunks  # a finished run is not trained further
+    for result in ((resumed_params, resumed), (again_params, again)):
+        jax.tree.map(np.testing.assert_array_equal, result[0], params)
+        for name in ("loss", "grad_norm", "skipped", "beta"):
+            np.testing.assert_array_equal(result[1][name], history[name])
