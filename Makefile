@@ -18,10 +18,10 @@ demo: $(STAMP)
 	$(PY) examples/demo.py --out out/demo
 
 test: $(STAMP)
-	$(PY) -m pytest -n 2 -q
+	$(PY) -m pytest -n 2 --dist loadgroup -q
 
 test-slow: $(STAMP)
-	$(PY) -m pytest -n 2 -q -m slow
+	$(PY) -m pytest -n 2 --dist loadgroup -q -m slow
 
 bench: $(STAMP)
 	$(PY) -m benchmarks.compile_depth --out results/compile_depth.json

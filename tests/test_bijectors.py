@@ -10,6 +10,9 @@ from hypothesis import strategies as st
 from jaxflow.testing import CASES, TOLERANCES, check_bijector
 
 NAMES = sorted(CASES)
+# All tests of one case run on the same xdist worker (`--dist loadgroup`), so the kit's compiled
+# functions, keyed on the bijector, are reused across them.
+GROUPED = [pytest.param(name, marks=pytest.mark.xdist_group(name)) for name in NAMES]
 
 
 def run_case(name, seed, param_scale=0.3, input_scale=1.0):
@@ -18,13 +21,13 @@ def run_case(name, seed, param_scale=0.3, input_scale=1.0):
     return x
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", GROUPED)
 def test_contract(name, dtype):
     x = run_case(name, seed=0)
     assert x.dtype == jnp.dtype(dtype)
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", GROUPED)
 @given(
     seed=st.integers(0, 2**31 - 1),
     param_scale=st.sampled_from([0.0, 0.05, 0.5, 1.0]),
@@ -35,7 +38,7 @@ def test_contract_random_inputs_and_params(name, seed, param_scale, input_scale)
         run_case(name, seed, param_scale, input_scale)
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", GROUPED)
 def test_init_gives_float_leaves_and_is_deterministic(name):
     bijector = CASES[name](jax.random.key(0))[0]
     first, second = bijector.init(jax.random.key(3)), bijector.init(jax.random.key(3))
