@@ -1,0 +1,236 @@
+"""Runs of `jaxflow fit`: training with checkpoints, and run directories that are never half-written.
+
+A run directory RUN holds
+
+    config.json    the flow and its options, the columns, the data's shape and hash,
+                   the standardisation, the training options and step budget
+    params.npz     the fitted params: one array per pytree leaf, "leaf_00000", ...
+                   in `jax.tree.leaves` order (read with allow_pickle=False)
+    history.json   per-step loss, gradient norm and skipped flag; validation losses;
+                   best step; whether early stopping ended the run
+    checkpoints/   the newest training checkpoints (`jaxflow.checkpoint`, written by
+                   `forward_kl.fit(checkpoint_dir=...)`, each complete or ignored)
+
+`fit` never writes into RUN itself. It works in RUN.tmp-<pid>: config.json first,
+then checkpoints while it trains. At the end it writes params.npz and history.json
+and renames the folder to RUN (an existing RUN is first renamed to RUN.old-<pid>,
+then deleted). So RUN, when it exists, is complete.
+
+Resume: `fit` with the same data and options (the step budget may differ) looks at
+RUN and at every RUN.tmp-<pid> left by a process that no longer runs, and continues
+from the most advanced checkpoint among them (adopting a left-over folder by
+renaming it to its own RUN.tmp-<pid>). A complete RUN whose budget is reached, or
+that stopped early, is reported as complete. A RUN.tmp-<pid> of a live process is
+an error: two fits never write one run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import zipfile
+from pathlib import Path
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from jaxflow._cli_io import CliError, atomic_write
+from jaxflow.train import forward_kl
+
+FORMAT = "jaxflow-run"
+CONFIG, PARAMS, HISTORY, CHECKPOINTS = "config.json", "params.npz", "history.json", "checkpoints"
+NOT_IDENTITY = ("budget", "checkpoint_every", "jaxflow_version", "data_path")  # may change when resuming
+
+
+class Staged(NamedTuple):
+    """Where `fit` works, and the step of the checkpoint it continues from (None: from scratch)."""
+
+    directory: Path
+    step: int | None
+
+
+def train(model, config: dict, train_rows, valid_rows, directory: Path, progress: bool) -> tuple[dict, dict]:
+    """`forward_kl.fit` with checkpoints in directory/checkpoints (resuming from the newest); (params, history.json)."""
+    options = config["training"]
+    init_key, fit_key = jax.random.split(jax.random.key(options["seed"]))
+    try:
+        params, history = forward_kl.fit(
+            fit_key, model, model.init(init_key), jnp.asarray(train_rows, jnp.float32),
+            optimizer=optax.adam(options["learning_rate"]), clip_norm=options["clip_norm"],
+            batch_size=options["batch_size"], num_steps=config["budget"]["num_steps"], validation_fraction=0.0,
+            validation_data=None if valid_rows is None else jnp.asarray(valid_rows, jnp.float32),
+            patience=options["patience"], chunk_size=options["eval_every"], progress=progress,
+            checkpoint_dir=directory / CHECKPOINTS, checkpoint_every=config["checkpoint_every"],
+        )
+    except ValueError as error:  # a checkpoint beyond the step budget, or one of another model
+        raise CliError(f"cannot resume from {directory / CHECKPOINTS}: {error}") from None
+    return params, _history_json(history, config["budget"]["num_steps"])
+
+
+def _history_json(history: dict, num_steps: int) -> dict:
+    """history.json: per-step lists (null for a non-finite value), validation record, best step, early stop."""
+    as_list = lambda values: [float(v) if np.isfinite(v) else None for v in values]  # noqa: E731
+    summary = {
+        "num_steps": len(history["loss"]),
+        "stopped_early": len(history["loss"]) < num_steps,
+        "loss": as_list(history["loss"]),
+        "grad_norm": as_list(history["grad_norm"]),
+        "skipped": history["skipped"].tolist(),
+        "validation_loss": as_list(history["validation_loss"]),
+        "validation_step": history["validation_step"].tolist(),
+        "best_step": int(history["best_step"]),
+    }
+    steps = summary["validation_step"]
+    if summary["best_step"] in steps:
+        summary["best_validation_loss"] = summary["validation_loss"][steps.index(summary["best_step"])]
+    return summary
+
+
+def read_config(run) -> dict:
+    """The config.json of a complete run; CliError if `run` is not one."""
+    run = Path(run)
+    try:
+        config = json.loads((run / CONFIG).read_text())
+    except (OSError, ValueError):
+        config = None
+    if not isinstance(config, dict) or config.get("format") != FORMAT or not (run / PARAMS).is_file():
+        raise CliError(f"{run} is not a jaxflow run directory (no {CONFIG} and {PARAMS} written by `jaxflow fit`)")
+    return config
+
+
+def write_json(path, obj) -> None:
+    """Writes JSON atomically (temporary file, then rename)."""
+    atomic_write(path, lambda f: f.write(json.dumps(obj, indent=1).encode()))
+
+
+def save_arrays(path, arrays: dict) -> None:
+    """Writes an .npz of named arrays atomically."""
+    atomic_write(path, lambda f: np.savez(f, **arrays))
+
+
+def load_arrays(path) -> dict:
+    """The named arrays of an .npz; CliError if it cannot be read."""
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            return dict(archive)
+    except (OSError, ValueError, zipfile.BadZipFile) as error:
+        raise CliError(f"{path}: unreadable ({error})") from None
+
+
+def tree_arrays(prefix: str, tree) -> dict:
+    """{f"{prefix}_00000": leaf, ...}, the leaves of a pytree as numpy arrays."""
+    return {f"{prefix}_{i:05d}": np.asarray(leaf) for i, leaf in enumerate(jax.tree.leaves(tree))}
+
+
+def arrays_tree(arrays: dict, prefix: str, template, what: str):
+    """The inverse of `tree_arrays`, with `template`'s structure; CliError if shapes or counts differ."""
+    leaves, treedef = jax.tree.flatten(template)
+    stored = [arrays.get(f"{prefix}_{i:05d}") for i in range(len(leaves))]
+    extra = sum(name.startswith(f"{prefix}_") for name in arrays) - len(leaves)
+    if extra or any(a is None or a.shape != tuple(t.shape) for a, t in zip(stored, leaves)):
+        raise CliError(f"{what} does not match the flow described in its {CONFIG} (different shapes or leaf count)")
+    return jax.tree.unflatten(treedef, [np.asarray(a, dtype=t.dtype) for a, t in zip(stored, leaves)])
+
+
+def stage(out, config: dict) -> Staged | None:
+    """Prepares RUN.tmp-<pid> to fit `config` into `out`; None if `out` already holds that run, complete."""
+    out = Path(out)
+    if out.exists():
+        finished = _read_complete(out, config)
+        if finished["stopped_early"] or finished["num_steps"] >= config["budget"]["num_steps"]:
+            return None
+    candidates = [out] if out.exists() else []
+    candidates += [folder for folder in _leftovers(out) if _same_run(folder, config)]
+    directory = out.with_name(f"{out.name}.tmp-{os.getpid()}")
+    best = max(candidates, key=_checkpoint_step, default=None)
+    if best is None:
+        directory.mkdir(parents=True)
+    elif best == out:
+        shutil.copytree(out, directory)
+    else:
+        os.rename(best, directory)
+    write_json(directory / CONFIG, config)
+    step = _checkpoint_step(directory)
+    return Staged(directory, None if step < 0 else step)
+
+
+def publish(directory, out) -> None:
+    """Moves a finished RUN.tmp-<pid> to `out`, replacing a previous run there."""
+    out = Path(out)
+    previous = out.with_name(f"{out.name}.old-{os.getpid()}")
+    if out.exists():
+        os.rename(out, previous)
+    os.rename(directory, out)
+    shutil.rmtree(previous, ignore_errors=True)
+
+
+def _checkpoint_step(folder: Path) -> int:
+    """The step of the newest complete checkpoint in a run folder, -1 if none."""
+    from jaxflow import checkpoint  # imports orbax (seconds): only `fit` needs it
+
+    step = checkpoint.latest(folder / CHECKPOINTS)
+    return -1 if step is None else step
+
+
+def _read_complete(out: Path, config: dict) -> dict:
+    """The history of the complete run in `out`; CliError if `out` is something else or another run."""
+    existing = read_config(out)
+    changed = _differences(_identity(existing), _identity(config))
+    if changed:
+        raise CliError(
+            f"{out} holds a different run (it differs in {', '.join(changed)}); "
+            "give another --out, or delete it to start again"
+        )
+    return json.loads((out / HISTORY).read_text())
+
+
+def _leftovers(out: Path) -> list[Path]:
+    """The RUN.tmp-<pid> folders of processes that no longer run; CliError if a live process writes `out`."""
+    folders = []
+    for folder in out.parent.glob(f"{out.name}.tmp-*"):
+        pid = folder.name.rsplit("-", 1)[1]
+        if not pid.isdigit():
+            continue
+        if _is_running(int(pid)):
+            raise CliError(
+                f"another process (pid {pid}) is writing {out}; wait for it, or delete {folder} if no jaxflow fit runs"
+            )
+        folders.append(folder)
+    return folders
+
+
+def _is_running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _same_run(folder: Path, config: dict) -> bool:
+    try:
+        existing = json.loads((folder / CONFIG).read_text())
+    except (OSError, ValueError):
+        return False
+    return not _differences(_identity(existing), _identity(config))
+
+
+def _identity(config: dict) -> dict:
+    return {key: value for key, value in config.items() if key not in NOT_IDENTITY}
+
+
+def _differences(a: dict, b: dict, prefix: str = "") -> list[str]:
+    """Dotted names of the entries that differ between two nested dicts."""
+    changed = []
+    for key in sorted(set(a) | set(b)):
+        if isinstance(a.get(key), dict) and isinstance(b.get(key), dict):
+            changed += _differences(a[key], b[key], f"{prefix}{key}.")
+        elif a.get(key) != b.get(key):
+            changed.append(f"{prefix}{key}")
+    return changed

@@ -1,0 +1,317 @@
+"""The `jaxflow` command line: fit a flow to a table of numbers, then sample, score and plot it.
+
+    jaxflow fit data.csv --flow nsf --columns x,y --steps 2000 --out runs/xy
+    jaxflow sample runs/xy -n 10000 -o samples.csv
+    jaxflow log-prob runs/xy new.csv -o log_prob.csv
+    jaxflow plot runs/xy --data data.csv -o pairs.png
+    jaxflow bench --suite quick
+
+(or `python -m jaxflow.cli ...`). `fit` standardises every column with the mean and sd of the training rows and
+saves the flow chained with that fixed affine map, so a run is a density in the
+data's own units: `log-prob` includes the log-det of the standardisation. Running
+the same `fit` again resumes it; run directories are described in `jaxflow._cli_run`.
+Bad input ends with one line, "jaxflow: error: ...", on stderr and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import importlib
+import inspect
+import json
+import sys
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import jaxflow
+from jaxflow import _cli_run as runs
+from jaxflow import flows
+from jaxflow._cli_io import (
+    CliError, Table, atomic_write, checked_output, columns_from_option, columns_like, image_formats, pairs_figure,
+    read_table, write_table,
+)
+
+FLOWS = {name: getattr(flows, name) for name in flows.__all__}
+MAX_PLOT_COLUMNS = 6
+
+
+def main(argv=None) -> int:
+    """Runs the command line; returns the exit status (0 success, 2 bad input, 130 interrupted)."""
+    parser = _parser()
+    try:
+        args, extra = parser.parse_known_args(argv)
+        if extra and args.command != "bench":
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        return args.handler(args, extra) or 0
+    except CliError as error:
+        print(f"jaxflow: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("jaxflow: interrupted (a `fit` resumes from its last checkpoint when run again)", file=sys.stderr)
+        return 130
+
+
+def build_model(config: dict) -> jaxflow.Flow:
+    """The flow a run's config describes: the named flow, then the fixed map from standardised to data units."""
+    dim = len(config["columns"]["indices"])
+    options = {name: tuple(v) if isinstance(v, list) else v for name, v in config["flow_options"].items()}
+    if config["flow"] not in FLOWS:
+        raise CliError(f"unknown flow {config['flow']!r}; known: {', '.join(sorted(FLOWS))}")
+    try:
+        flow = FLOWS[config["flow"]](dim, **options)
+    except (TypeError, ValueError) as error:
+        raise CliError(f"flow {config['flow']} on {dim} column(s): {error}") from None
+    scaling = config["standardisation"]
+    mean, sd = (jnp.asarray(scaling[name], jnp.float32) for name in ("mean", "sd"))
+    unstandardise = jaxflow.freeze(jaxflow.bijectors.affine(dim), {"shift": mean, "log_scale": jnp.log(sd)})
+    return flow._replace(bijector=jaxflow.chain(flow.bijector, unstandardise, name="unstandardised"))
+
+
+def _fit(args, extra) -> None:
+    del extra
+    flow = _flow_options(args)
+    table = read_table(args.data, columns_from_option(args.columns))
+    train_rows, valid_rows = _split(table.values, args.validation, args.seed)
+    if args.patience is not None and valid_rows is None:
+        raise CliError("--patience needs validation rows: set --validation above 0")
+    config = _fit_config(args, flow, table, train_rows)
+    model = build_model(config)  # before staging: a flow that does not fit the columns leaves nothing behind
+    out = Path(args.out)
+    staged = runs.stage(out, config)
+    if staged is None:
+        done = json.loads((out / runs.HISTORY).read_text())
+        why = "stopped early by --patience" if done["stopped_early"] else "raise --steps to train longer"
+        print(f"jaxflow: {out} is already complete ({done['num_steps']} steps; {why}); nothing to do", file=sys.stderr)
+        return
+    if staged.step is not None:
+        print(f"jaxflow: resuming {out} from step {staged.step} of {config['budget']['num_steps']}", file=sys.stderr)
+    params, history = runs.train(model, config, train_rows, valid_rows, staged.directory, args.progress)
+    runs.save_arrays(staged.directory / runs.PARAMS, runs.tree_arrays("leaf", params))
+    runs.write_json(staged.directory / runs.HISTORY, history)
+    runs.publish(staged.directory, out)
+    best = history.get("best_validation_loss")
+    best = "" if best is None else f", best validation loss {best:.4f} at step {history['best_step']}"
+    print(f"jaxflow: wrote {out} ({history['num_steps']} steps{best})")
+
+
+def _fit_config(args, flow: tuple[str, dict], table: Table, train_rows: np.ndarray) -> dict:
+    """config.json of a fit: JSON types throughout, so that a loaded config compares equal."""
+    flow_name, flow_options = flow
+    mean, sd = train_rows.mean(axis=0), train_rows.std(axis=0)
+    if (sd == 0).any():
+        column = (table.names or table.indices)[int(np.argmax(sd == 0))]
+        raise CliError(f"column {column!r} is constant on the training rows; a density needs it to vary: drop it")
+    steps_per_epoch = len(train_rows) // min(args.batch_size, len(train_rows))
+    num_steps = args.steps if args.epochs is None else args.epochs * steps_per_epoch
+    config = {
+        "format": runs.FORMAT,
+        "jaxflow_version": jaxflow.__version__,
+        "flow": flow_name,
+        "flow_options": flow_options,
+        "columns": {"names": table.names, "indices": table.indices, "file_width": table.width},
+        "data_path": str(Path(args.data).resolve()),
+        "data": {"rows": len(table.values), "sha256": hashlib.sha256(table.values.tobytes()).hexdigest()},
+        "standardisation": {"mean": mean.tolist(), "sd": sd.tolist()},
+        "training": {
+            "seed": args.seed, "batch_size": args.batch_size, "learning_rate": args.lr, "clip_norm": args.clip_norm,
+            "validation_fraction": args.validation, "patience": args.patience, "eval_every": args.eval_every,
+        },
+        "checkpoint_every": args.checkpoint_every,
+        "budget": {"num_steps": num_steps, "epochs": args.epochs},
+    }
+    return json.loads(json.dumps(config))
+
+
+def _flow_options(args) -> tuple[str, dict]:
+    """(builder name, all its keyword options) from --flow, --layers, --hidden, --bins, --permute and --seed."""
+    builder = FLOWS[args.flow]
+    given = {name: getattr(args, name) for name in ("layers", "hidden", "bins", "permute")}
+    given = {name: value for name, value in given.items() if value is not None}
+    signature = inspect.signature(builder)
+    for name in given:
+        if name not in signature.parameters:
+            raise CliError(f"--{name} does not apply to --flow {args.flow}")
+    bound = signature.bind(None, **given, seed=args.seed)  # None: the dimension, which follows from the columns
+    bound.apply_defaults()
+    options = dict(bound.arguments)
+    del options[next(iter(signature.parameters))]
+    return builder.__name__, options
+
+
+def _split(values: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray | None]:
+    """(training rows, validation rows or None), a random `fraction` held out."""
+    if not 0 <= fraction < 1:
+        raise CliError(f"--validation must be in [0, 1), got {fraction}")
+    order = np.random.default_rng(seed).permutation(len(values))
+    num_valid = round(fraction * len(values))
+    if len(values) - num_valid < 2:
+        raise CliError(f"{len(values)} rows leave {len(values) - num_valid} for training; at least 2 are needed")
+    return values[order[num_valid:]], values[order[:num_valid]] if num_valid else None
+
+
+def _load_run(run) -> tuple[dict, jaxflow.Flow, dict]:
+    """(config, model, params) of a finished run."""
+    config = runs.read_config(run)
+    try:
+        model = build_model(config)
+    except (KeyError, TypeError):
+        raise CliError(f"{run}/{runs.CONFIG} lacks entries this jaxflow needs (written by another version?)") from None
+    template = jax.eval_shape(model.init, jax.random.key(0))
+    params = runs.arrays_tree(runs.load_arrays(Path(run) / runs.PARAMS), "leaf", template, f"{run}/{runs.PARAMS}")
+    return config, model, params
+
+
+def _read_like_run(path, config: dict) -> np.ndarray:
+    columns = config["columns"]
+    return read_table(path, columns_like(columns["names"], columns["indices"], columns["file_width"])).values
+
+
+def _column_labels(config: dict) -> list[str]:
+    return config["columns"]["names"] or [f"column {i}" for i in config["columns"]["indices"]]
+
+
+def _draw(model, params, count: int, seed: int) -> np.ndarray:
+    """(count, dim) samples, drawn in blocks of at most 65536 (one compilation)."""
+    block = min(count, 65536)
+    sample = jax.jit(model.sample, static_argnums=2)
+    keys = jax.random.split(jax.random.key(seed), -(-count // block))
+    return np.concatenate([np.asarray(sample(params, key, (block,))) for key in keys])[:count]
+
+
+def _score(model, params, x: np.ndarray) -> np.ndarray:
+    """log q(x) per row, in blocks of at most 8192 rows (the last padded: one compilation)."""
+    block = min(len(x), 8192)
+    padded = np.concatenate([x, np.repeat(x[:1], -len(x) % block, axis=0)]).astype(np.float32)
+    log_prob = jax.jit(model.log_prob)
+    blocks = np.split(padded, len(padded) // block)
+    return np.concatenate([np.asarray(log_prob(params, rows)) for rows in blocks])[: len(x)]
+
+
+def _sample(args, extra) -> None:
+    del extra
+    checked_output(args.output)
+    config, model, params = _load_run(args.run)
+    write_table(args.output, _draw(model, params, args.n, args.seed), config["columns"]["names"])
+
+
+def _log_prob(args, extra) -> None:
+    del extra
+    checked_output(args.output)
+    config, model, params = _load_run(args.run)
+    write_table(args.output, _score(model, params, _read_like_run(args.data, config)), ["log_prob"])
+
+
+def _plot(args, extra) -> None:
+    del extra
+    output = checked_output(args.output, image_formats())
+    config, model, params = _load_run(args.run)
+    data = None if args.data is None else _read_like_run(args.data, config)
+    samples = _draw(model, params, args.samples, args.seed)
+    labels = _column_labels(config)
+    if len(labels) > MAX_PLOT_COLUMNS:
+        print(f"jaxflow: plotting the first {MAX_PLOT_COLUMNS} of {len(labels)} columns", file=sys.stderr)
+    figure = pairs_figure(samples, data, labels[:MAX_PLOT_COLUMNS], args.seed)
+    atomic_write(output, lambda f: figure.savefig(f, format=output.suffix.lower().lstrip("."), dpi=100))
+
+
+def _bench(args, extra) -> int:
+    del args
+    root = Path(__file__).resolve().parents[1]
+    if (root / "benchmarks" / "run.py").is_file() and str(root) not in sys.path:
+        sys.path.insert(0, str(root))
+    try:
+        suite = importlib.import_module("benchmarks.run")
+    except ModuleNotFoundError as error:
+        if error.name in ("benchmarks", "benchmarks.run"):
+            raise CliError(
+                "the benchmark suite ships with the source repository (benchmarks/run.py), not with the installed "
+                "package: run `jaxflow bench` from an editable install of a checkout"
+            ) from None
+        raise CliError(f"the benchmarks need {error.name}: pip install 'jaxflow[bench]'") from None
+    return suite.main(extra) or 0
+
+
+class _Parser(argparse.ArgumentParser):
+    """Turns argparse's errors into CliError, so that every error reads the same."""
+
+    def error(self, message):
+        raise CliError(f"{message} (see `{self.prog} --help`)")
+
+
+def _positive(kind):
+    def parse(text):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a positive {kind.__name__}, got {text!r}") from None
+        if not value > 0:
+            raise argparse.ArgumentTypeError(f"expected a positive {kind.__name__}, got {text!r}")
+        return value
+
+    return parse
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="jaxflow", description="Normalising flows on tables of numbers: fit, sample, log-prob, plot.")
+    parser.add_argument("--version", action="version", version=f"jaxflow {jaxflow.__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    fit = commands.add_parser("fit", help="fit a flow to the rows of a .csv or .npy file (resumable)")
+    fit.add_argument("data", metavar="DATA", help=".csv/.tsv/.txt (header row optional) or .npy")
+    fit.add_argument("--out", required=True, metavar="RUN", help="run directory to write (or resume)")
+    fit.add_argument("--flow", choices=sorted(FLOWS), default="nsf")
+    fit.add_argument("--layers", type=_positive(int))
+    fit.add_argument("--hidden", type=_positive(int), nargs="+", metavar="WIDTH", help="hidden layer widths")
+    fit.add_argument("--bins", type=_positive(int), help="spline bins (nsf flows)")
+    fit.add_argument("--permute", choices=("random", "reverse", "none"))
+    fit.add_argument("--columns", help="comma-separated header names or 0-based indices (default: all)")
+    budget = fit.add_mutually_exclusive_group()
+    budget.add_argument("--steps", type=_positive(int), default=1000)
+    budget.add_argument("--epochs", type=_positive(int))
+    fit.add_argument("--batch-size", type=_positive(int), default=256)
+    fit.add_argument("--lr", type=_positive(float), default=1e-3, help="Adam learning rate")
+    fit.add_argument("--clip-norm", type=_positive(float))
+    fit.add_argument("--validation", type=float, default=0.1, help="share of rows held out (0 for none)")
+    fit.add_argument("--eval-every", type=_positive(int), default=100, metavar="STEPS",
+                     help="steps between validation evaluations (and progress updates)")
+    fit.add_argument("--patience", type=_positive(int),
+                     help="stop after this many evaluations without a better validation loss")
+    fit.add_argument("--checkpoint-every", type=_positive(int), default=1000, metavar="STEPS",
+                     help="steps between checkpoints (rounded up to a multiple of --eval-every)")
+    fit.add_argument("--seed", type=int, default=0,
+                     help="seed of the split, the init, the batches and the permutations")
+    fit.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    fit.set_defaults(handler=_fit)
+
+    sample = commands.add_parser("sample", help="draw samples from a fitted run")
+    sample.add_argument("run", metavar="RUN")
+    sample.add_argument("-n", type=_positive(int), required=True, help="number of samples")
+    sample.add_argument("-o", "--output", required=True, help=".csv or .npy")
+    sample.add_argument("--seed", type=int, default=0)
+    sample.set_defaults(handler=_sample)
+
+    log_prob = commands.add_parser("log-prob", help="log density of each row of DATA, in the data's units")
+    log_prob.add_argument("run", metavar="RUN")
+    log_prob.add_argument("data", metavar="DATA", help="the fit's columns: by header name, or the same layout")
+    log_prob.add_argument("-o", "--output", required=True, help=".csv or .npy")
+    log_prob.set_defaults(handler=_log_prob)
+
+    plot = commands.add_parser("plot", help="pairwise marginals of samples (and data) as an image")
+    plot.add_argument("run", metavar="RUN")
+    plot.add_argument("--data", help="data to overlay, read like log-prob's DATA")
+    plot.add_argument("-o", "--output", required=True, help="image file, e.g. pairs.png")
+    plot.add_argument("--samples", type=_positive(int), default=2000)
+    plot.add_argument("--seed", type=int, default=0)
+    plot.set_defaults(handler=_plot)
+
+    bench = commands.add_parser("bench", add_help=False, help="the benchmark suite (options go to benchmarks.run)")
+    bench.set_defaults(handler=_bench)
+    return parser
+
+
+if __name__ == "__main__":
+    sys.exit(main())

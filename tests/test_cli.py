@@ -1,0 +1,156 @@
+"""The `jaxflow` command line, run as a user runs it: the real entry point in a subprocess, on files.
+
+One module-scoped run is fitted, killed after its first checkpoint and resumed;
+the other tests sample, score and plot it. Bad inputs run in parallel subprocesses.
+"""
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scipy import stats
+
+CLI = [sys.executable, "-m", "jaxflow.cli"]
+TINY_FLOW = ["--flow", "maf", "--layers", "1", "--hidden", "4", "--batch-size", "64"]
+EVERY_20_STEPS = ["--eval-every", "20", "--checkpoint-every", "20"]
+MEAN, SD = np.array([10.0, -5.0]), np.array([2.0, 4.0])  # the log-det of standardising is log 8, not 0
+TIMEOUT_S = 300
+
+
+def run(*args, command=CLI):
+    return subprocess.run([*command, *map(str, args)], capture_output=True, text=True, timeout=TIMEOUT_S)
+
+
+def checkpoint_steps(folder_pattern, parent):
+    """Steps of the complete checkpoints (orbax renames a step's folder to its number once written)."""
+    return [int(p.name) for p in parent.glob(f"{folder_pattern}/checkpoints/*") if p.name.isdigit()]
+
+
+def write_csv(path, header, rows):
+    path.write_text("".join(line + "\n" for line in ([header] if header else []) + rows))
+    return path
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    """data.csv: columns a, label (text), b; a ~ N(10, 2^2), b ~ N(-5, 4^2), 500 rows."""
+    values = np.random.default_rng(0).normal(MEAN, SD, size=(500, 2))
+    rows = [f"{a:.17g},cat,{b:.17g}" for a, b in values]
+    return write_csv(tmp_path_factory.mktemp("data") / "data.csv", "a,label,b", rows), values
+
+
+@pytest.fixture(scope="module")
+def resumed(data, tmp_path_factory):
+    """A fit killed after its first checkpoint, then resumed by the same command with a budget of 40 more steps."""
+    out = tmp_path_factory.mktemp("runs") / "run"
+    fit = ["fit", data[0], "--columns", "a,b", *TINY_FLOW, *EVERY_20_STEPS, "--out", out, "--no-progress"]
+    killed = subprocess.Popen([*CLI, *map(str, fit), "--steps", "1000000"], stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + TIMEOUT_S
+        while not checkpoint_steps("run.tmp-*", out.parent) and killed.poll() is None:
+            assert time.monotonic() < deadline, "no checkpoint appeared"
+            time.sleep(0.05)
+    finally:
+        killed.kill()
+        stderr = killed.communicate()[1].decode()
+    assert "Traceback" not in stderr and killed.returncode < 0, stderr
+    killed_at = max(checkpoint_steps("run.tmp-*", out.parent))
+    resume = run(*fit, "--steps", killed_at + 40)
+    return out, fit, killed_at, resume
+
+
+def test_resume_continues_from_the_checkpoint_of_a_killed_fit(resumed):
+    out, _, killed_at, resume = resumed
+    assert resume.returncode == 0, resume.stderr
+    assert killed_at >= 20 and f"resuming {out} from step {killed_at} of {killed_at + 40}" in resume.stderr
+    history = json.loads((out / "history.json").read_text())
+    assert history["num_steps"] == len(history["loss"]) == killed_at + 40
+    assert history["validation_step"] == list(range(20, killed_at + 41, 20))
+    assert max(checkpoint_steps(".", out)) == killed_at + 40
+    assert not list(out.parent.glob("run.*")), "a temporary run folder was left behind"
+    config = json.loads((out / "config.json").read_text())
+    assert config["columns"] == {"names": ["a", "b"], "indices": [0, 2], "file_width": 3}
+    assert config["flow"] == "maf" and config["flow_options"]["hidden"] == [4]
+
+
+def test_the_same_fit_again_reports_complete_and_changes_nothing(resumed):
+    out, fit, killed_at, _ = resumed
+    params = (out / "params.npz").read_bytes()
+    again = run(*fit, "--steps", killed_at + 40)
+    assert again.returncode == 0, again.stderr
+    assert "already complete" in again.stderr
+    assert (out / "params.npz").read_bytes() == params
+
+
+def test_sample_matches_the_data_moments(resumed, tmp_path):
+    out = resumed[0]
+    result = run("sample", out, "-n", 4000, "-o", tmp_path / "samples.csv", "--seed", 1)
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "samples.csv").read_text().splitlines()[0] == "a,b"
+    samples = np.loadtxt(tmp_path / "samples.csv", delimiter=",", skiprows=1)
+    assert samples.shape == (4000, 2) and np.isfinite(samples).all()
+    np.testing.assert_allclose(samples.mean(0), MEAN, atol=0.3)
+    np.testing.assert_allclose(samples.std(0), SD, rtol=0.1)
+
+
+def test_log_prob_is_in_data_units(resumed, data, tmp_path):
+    """A barely trained flow is the Gaussian fitted to the data: compare with scipy's log density in data units."""
+    path, values = data
+    result = run("log-prob", resumed[0], path, "-o", tmp_path / "log_prob.npy")
+    assert result.returncode == 0, result.stderr
+    log_prob = np.load(tmp_path / "log_prob.npy", allow_pickle=False)
+    assert log_prob.shape == (500,) and np.isfinite(log_prob).all()
+    gaussian = stats.norm.logpdf(values, values.mean(0), values.std(0)).sum(1)
+    assert abs(log_prob.mean() - gaussian.mean()) < 0.05
+    assert np.corrcoef(log_prob, gaussian)[0, 1] > 0.98
+
+
+def test_plot_writes_a_png(resumed, data, tmp_path):
+    result = run("plot", resumed[0], "--data", data[0], "-o", tmp_path / "pairs.png", "--samples", 500)
+    assert result.returncode == 0, result.stderr
+    image = (tmp_path / "pairs.png").read_bytes()
+    assert image.startswith(b"\x89PNG") and len(image) > 10_000
+
+
+def test_console_script_is_installed():
+    script = Path(sys.executable).parent / "jaxflow"
+    if not script.exists():
+        pytest.skip(f"no console script next to {sys.executable} (package not installed)")
+    result = run("--version", command=[str(script)])
+    assert result.returncode == 0 and result.stdout.startswith("jaxflow "), result.stderr
+
+
+def test_bad_input_gives_one_line_errors(resumed, data, tmp_path):
+    good = data[0]
+    bad_cell = write_csv(tmp_path / "bad_cell.csv", "a,b", ["1,2", "3,4", "5,oops", "7,8"])
+    nan_rows = write_csv(tmp_path / "nan.csv", None, ["1,2", "nan,4", "5,6", "7,inf"])
+    four_columns = write_csv(tmp_path / "four.csv", None, ["1,2,3,4", "5,6,7,8"])
+    (tmp_path / "empty.csv").write_text("")
+    (tmp_path / "not_a_run").mkdir()
+    out = ["--out", tmp_path / "never"]
+    log_prob, sample = ["log-prob", resumed[0]], ["sample", tmp_path / "not_a_run", "-n", 5]
+    cases = {
+        "no column named 'zz'; the columns are: a, label, b": ["fit", good, "--columns", "a,zz", *out],
+        "bad_cell.csv, line 4, column 'b': 'oops', which is not a number": ["fit", bad_cell, *out],
+        "2 of 4 rows contain NaN or inf (the first is line 2)": ["fit", nan_rows, *out],
+        "empty.csv is empty": ["fit", tmp_path / "empty.csv", *out],
+        "missing.csv: no such file": ["fit", tmp_path / "missing.csv", *out],
+        "the file has 4 columns, but the run was fit on 2 (a, b)": [*log_prob, four_columns, "-o", tmp_path / "x.npy"],
+        "not_a_run is not a jaxflow run directory": [*sample, "-o", tmp_path / "s.csv"],
+        "--bins does not apply to --flow maf": ["fit", good, "--flow", "maf", "--bins", 4, *out],
+        "the following arguments are required: --out": ["fit", good],
+    }
+    processes = {
+        expected: subprocess.Popen([*CLI, *map(str, args)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for expected, args in cases.items()
+    }
+    for expected, process in processes.items():
+        _, stderr = process.communicate(timeout=TIMEOUT_S)
+        assert process.returncode == 2, (expected, stderr)
+        assert stderr.startswith("jaxflow: error: ") and stderr.count("\n") == 1, stderr
+        assert expected in stderr and "Traceback" not in stderr, (expected, stderr)
+    assert not (tmp_path / "never").exists() and not list(tmp_path.glob("never.*"))
