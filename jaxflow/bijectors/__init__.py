@@ -6,8 +6,10 @@ from jaxflow.bijectors.base import Bijector, chain, freeze, initialize_from_data
 from jaxflow.bijectors.autoregressive import inverse_autoregressive, masked_autoregressive
 from jaxflow.bijectors.coupling import additive_coupling, affine_coupling, alternating_mask, coupling, half_mask, random_mask
 from jaxflow.bijectors.elementwise import affine, elementwise, exp, logit, scale, shift, sigmoid, softplus, tanh
+from jaxflow.bijectors.image import channel_mask, checkerboard_mask, glow_step, image_coupling, squeeze
 from jaxflow.bijectors.linear import fixed_linear, linear, lu_linear
 from jaxflow.bijectors.mixture_cdf import logistic_mixture_cdf
+from jaxflow.bijectors.multiscale import factor_out, multiscale
 from jaxflow.bijectors.permutation import permutation, random_permutations, reverse
 from jaxflow.bijectors.planar import planar, radial
 from jaxflow.bijectors.spline import rational_quadratic_spline, spline_bijector, spline_forward, spline_inverse, spline_knots
@@ -17,7 +19,8 @@ __all__ = [
     "Bijector", "actnorm", "additive_coupling", "affine", "affine_coupling", "alternating_mask", "coupling",
     "half_mask", "random_mask", "inverse_autoregressive", "masked_autoregressive", "rational_quadratic_spline",
     "spline_bijector", "spline_forward", "spline_inverse", "spline_knots", "logistic_mixture_cdf", "planar", "radial",
-    "sylvester", "chain", "elementwise", "exp", "fixed_linear", "freeze",
+    "sylvester", "channel_mask", "checkerboard_mask", "glow_step", "image_coupling", "squeeze", "factor_out",
+    "multiscale", "chain", "elementwise", "exp", "fixed_linear", "freeze",
     "initialize_from_data", "invert", "linear", "logit", "lu_linear", "permutation", "random_permutations",
     "reverse", "scale", "shift", "sigmoid", "softplus", "stack", "tanh", "transform",
 ]

@@ -53,7 +53,8 @@ def affine(min_scale: float = 1e-3) -> Transformer:
     offset = float(np.log(np.expm1(1.0 - min_scale)))
 
     def scale_of(theta):
-        return jax.nn.softplus(theta[..., 1] + offset) + min_scale
+        # = softplus(raw + c) + min_scale, written so that raw = 0 gives exactly 1 in any dtype.
+        return 1.0 + (jax.nn.softplus(theta[..., 1] + offset) - jax.nn.softplus(offset))
 
     def forward(theta, x):
         scale = scale_of(theta)
