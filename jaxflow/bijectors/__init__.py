@@ -12,6 +12,7 @@ from jaxflow.bijectors.mixture_cdf import logistic_mixture_cdf
 from jaxflow.bijectors.multiscale import factor_out, multiscale
 from jaxflow.bijectors.permutation import permutation, random_permutations, reverse
 from jaxflow.bijectors.planar import planar, radial
+from jaxflow.bijectors.residual import residual
 from jaxflow.bijectors.spline import rational_quadratic_spline, spline_bijector, spline_forward, spline_inverse, spline_knots
 from jaxflow.bijectors.sylvester import sylvester
 
@@ -20,7 +21,7 @@ __all__ = [
     "half_mask", "random_mask", "inverse_autoregressive", "masked_autoregressive", "rational_quadratic_spline",
     "spline_bijector", "spline_forward", "spline_inverse", "spline_knots", "logistic_mixture_cdf", "planar", "radial",
     "sylvester", "channel_mask", "checkerboard_mask", "glow_step", "image_coupling", "squeeze", "factor_out",
-    "multiscale", "chain", "elementwise", "exp", "fixed_linear", "freeze",
+    "multiscale", "residual", "chain", "elementwise", "exp", "fixed_linear", "freeze",
     "initialize_from_data", "invert", "linear", "logit", "lu_linear", "permutation", "random_permutations",
     "reverse", "scale", "shift", "sigmoid", "softplus", "stack", "tanh", "transform",
 ]

@@ -1,0 +1,323 @@
+"""Contractive residual flows: invertible residual networks (i-ResNet) and Residual Flows.
+
+A block maps data x to base z by the explicit residual map
+
+    z = x + g(x),      Lip(g) <= lipschitz < 1,
+
+where g is an MLP with 1-Lipschitz activations whose kernels are spectrally normalised
+(`spectral_norm.normalise`) to lipschitz^(1/L) each, L the number of layers, so that
+Lip(g) <= lipschitz for every value of the params (the papers bound each layer by the
+coefficient instead, which makes Lip(g) <= coefficient^L).
+
+Direction: both papers fit densities, evaluating the explicit map on data and inverting
+it only to sample. jaxflow's `inverse` is the data -> base (density) direction, so it is
+the explicit map, and `forward` (base -> data, sampling) solves x + g(x) = z by the
+fixed-point iteration x <- z - g(x), a contraction with rate Lip(g). Its derivatives come
+from the implicit function theorem, with the linear solves (I + J_g) v = b also done by
+fixed-point iteration. Use `invert` to make sampling the explicit direction instead.
+
+The log-det, log det(I + J_g(x)), is always evaluated at the data-side point x, so
+`forward` and `inverse` with one key give exactly opposite values. `log_det` selects:
+
+- "exact": slogdet of the dense Jacobian (dim jvps; for small dim). Deterministic.
+- "series": the first n terms of sum_k (-1)^(k+1) tr(J^k) / k, each trace estimated by
+  Hutchinson's v^T J^k v with Rademacher probes v, from k vector-Jacobian products.
+  Biased by at most dim * q^(n+1) / ((n+1)(1-q)), q = ||J_g(x)||_2 <= lipschitz.
+- "russian_roulette": the same n terms plus a random tail: N = n + M terms with
+  M ~ Geometric(p) on {0, 1, ...}, term k weighted by 1 / P(N >= k), which makes the
+  estimate unbiased (Chen et al. 2019). Its variance is finite when lipschitz^2 < 1 - p.
+
+Both estimators return the value of the estimate with the gradient of the Neumann series
+d log det(I + J) = tr((I + J)^-1 dJ) = sum_k (-1)^k tr(J^k dJ) (Chen et al. 2019, eq. 8),
+estimated with the same probes and terms as w^T dJ v, w = sum_{k<N} (-1)^k (J^T)^k v /
+P(N > k). w is computed outside autodiff, so memory does not grow with the number of terms;
+only first derivatives are right (the value carries the Neumann gradient, not its own).
+
+References: Behrmann et al. (2019), Invertible Residual Networks,
+https://arxiv.org/abs/1811.00995; Chen et al. (2019), Residual Flows for Invertible
+Generative Modeling, https://arxiv.org/abs/1906.02735
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import numbers
+from typing import Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from jaxflow.bijectors import spectral_norm
+from jaxflow.bijectors._checks import check_context, check_event
+from jaxflow.bijectors.base import Bijector
+
+ACTIVATIONS = ("lipswish", "elu", "tanh")
+LOG_DETS = ("exact", "series", "russian_roulette")
+DEFAULT_NUM_SERIES_TERMS = {"series": 8, "russian_roulette": 2}
+_LIPSWISH_SLOPE_BOUND = 1.1  # max_t d/dt [t sigmoid(t)] = 1.0998...
+_SOFTPLUS_INVERSE_OF_ONE = math.log(math.expm1(1.0))
+
+
+class ContractiveMLP(nn.Module):
+    """g(x, context): dense layers with 1-Lipschitz activations; the last layer starts at zero.
+
+    The module itself does not normalise: `contract` maps its params to spectrally
+    normalised ones once per call, outside any loop. The context enters the first layer
+    through its own kernel ("context"), which is not normalised: Lip(g) in x is unaffected.
+    """
+
+    hidden: tuple[int, ...]
+    dim: int
+    activation: str = "lipswish"
+
+    @nn.compact
+    def __call__(self, x, context=None):
+        widths = (*self.hidden, self.dim)
+        h = x
+        for i, width in enumerate(widths):
+            if i > 0:
+                h = self._activate(h, i - 1)
+            last = i == len(widths) - 1
+            kernel_init = nn.initializers.zeros if last else nn.initializers.lecun_normal()
+            h = nn.Dense(width, kernel_init=kernel_init, name=f"dense_{i}")(h)
+            if i == 0 and context is not None:
+                h = h + nn.Dense(width, use_bias=False, name="context")(context)
+        return h
+
+    def _activate(self, h, index):
+        if self.activation == "lipswish":  # swish(beta t) / 1.1 with beta > 0 per unit (Chen et al. 2019)
+            raw_beta = self.param(f"lipswish_{index}", nn.initializers.constant(_SOFTPLUS_INVERSE_OF_ONE), h.shape)
+            return h * jax.nn.sigmoid(jax.nn.softplus(raw_beta) * h) / _LIPSWISH_SLOPE_BOUND
+        return {"elu": jax.nn.elu, "tanh": jnp.tanh}[self.activation](h)
+
+
+def contract(variables, *, num_layers: int, lipschitz: float, dtype=None):
+    """Normalises the kernels `dense_0` .. `dense_{L-1}` of `ContractiveMLP` params to lipschitz^(1/L).
+
+    Kernels are first promoted to `dtype` if given (the event's), so that float32 params
+    used in float64 computations are normalised in float64.
+    """
+    layers = dict(variables["params"])
+    coefficient = lipschitz ** (1 / num_layers)
+    for i in range(num_layers):
+        layer = layers[f"dense_{i}"]
+        kernel = layer["kernel"]
+        if dtype is not None:
+            kernel = jnp.asarray(kernel, jnp.promote_types(kernel.dtype, dtype))
+        layers[f"dense_{i}"] = {**layer, "kernel": spectral_norm.normalise(kernel, coefficient=coefficient)}
+    return {**variables, "params": layers}
+
+
+def fixed_point(step, start, *, tol: float, max_iter: int):
+    """Iterates x <- step(x) from `start` for a contraction `step` (in the 2-norm).
+
+    Stops once a step moves x by at most tol * |x|, once steps stop shrinking (for a
+    contraction they shrink until rounding dominates), or after `max_iter` steps.
+    """
+
+    def keep_going(state):
+        x, moved, previous, iteration = state
+        return (iteration < max_iter) & (moved > tol * jnp.linalg.norm(x)) & (moved < previous)
+
+    def body(state):
+        x, moved, _, iteration = state
+        new = step(x)
+        return new, jnp.linalg.norm(new - x), moved, iteration + 1
+
+    dtype = jnp.result_type(start)
+    state = (start, jnp.asarray(jnp.finfo(dtype).max, dtype), jnp.asarray(jnp.inf, dtype), jnp.zeros((), jnp.int32))
+    return jax.lax.while_loop(keep_going, body, state)[0]
+
+
+def solve_residual(g, z, *, tol: float, max_iter: int):
+    """The x with x + g(x) = z, for Lip(g) < 1; differentiable by the implicit function theorem."""
+
+    def residual(x):
+        return x + g(x) - z
+
+    def solve(residual, guess):
+        return fixed_point(lambda x: x - residual(x), guess, tol=tol, max_iter=max_iter)
+
+    def neumann_solve(matvec, b):  # (I + A) v = b as v <- b - A v, with ||A|| = ||J_g|| < 1 (A = J_g or J_g^T)
+        return fixed_point(lambda v: v - matvec(v) + b, b, tol=tol, max_iter=max_iter)
+
+    def tangent_solve(linearised, rhs):
+        return jax.lax.custom_linear_solve(linearised, rhs, neumann_solve, neumann_solve)
+
+    return jax.lax.custom_root(residual, z, solve, tangent_solve)
+
+
+def exact_log_det(g, inputs, x, key=None):
+    """log det(I + J_g(x)) from the dense Jacobian of `g(inputs, x)` with respect to x."""
+    del key
+    jacobian = jax.jacfwd(lambda v: g(inputs, v))(x)
+    return jnp.linalg.slogdet(jnp.eye(x.size, dtype=jacobian.dtype) + jacobian)[1]
+
+
+def power_series_log_det(g, inputs, x, key, *, num_terms: int, stop_probability: float = 0.0, num_probes: int = 1):
+    """Estimates log det(I + J_g(x)) by the power series with Hutchinson probes (module docstring).
+
+    Args:
+      g: `(inputs, x) -> g(x)` of shape (dim,), with Lip(g) < 1 in x.
+      inputs: pytree g depends on (params, context); gradients flow to it and to x.
+      x: the point, shape (dim,).
+      key: PRNG key for the probes and the truncation.
+      num_terms: terms always summed.
+      stop_probability: p of the geometric tail; 0 truncates after `num_terms` (biased).
+      num_probes: Hutchinson probes averaged.
+
+    Returns:
+      A scalar estimate whose gradient is the Neumann-series estimate of the log-det's.
+    """
+    probe_key, length_key = jax.random.split(key)
+    probes = jax.random.rademacher(probe_key, (num_probes, *x.shape), x.dtype)
+    length = num_terms
+    if stop_probability > 0:
+        length = num_terms + jax.random.geometric(length_key, stop_probability) - 1
+    frozen_inputs, frozen_x = jax.tree.map(jax.lax.stop_gradient, (inputs, x))
+    _, vjp = jax.vjp(lambda v: g(frozen_inputs, v), frozen_x)
+    series = functools.partial(_series, lambda u: vjp(u)[0], length=length, num_terms=num_terms, p=stop_probability)
+    values, neumann = jax.vmap(series)(probes)
+    jacobian_probes = jax.vmap(lambda v: jax.jvp(lambda y: g(inputs, y), (x,), (v,))[1])(probes)
+    surrogate = jnp.mean(jnp.sum(neumann * jacobian_probes, axis=-1))  # gradient: w^T dJ v
+    return jax.lax.stop_gradient(jnp.mean(values)) + surrogate - jax.lax.stop_gradient(surrogate)
+
+
+def _series(vjp, probe, *, length, num_terms, p):
+    """(sum_{k<=N} s_k v^T J^k v / k, sum_{k<=N} s_k (J^T)^(k-1) v), s_k = (-1)^(k+1) / P(N >= k)."""
+    log_continue = math.log1p(-p)
+
+    def term(k, state):
+        power, value, neumann = state  # power = (J^T)^(k-1) v
+        sign = jnp.where(k % 2 == 1, 1.0, -1.0)
+        weight = (sign * jnp.exp(-log_continue * jnp.maximum(k - num_terms, 0))).astype(probe.dtype)
+        neumann = neumann + weight * power
+        power = vjp(power)
+        return power, value + weight / k * jnp.vdot(power, probe), neumann
+
+    state = (probe, jnp.zeros((), probe.dtype), jnp.zeros_like(probe))
+    _, value, neumann = jax.lax.fori_loop(1, length + 1, term, state)
+    return value, neumann
+
+
+def residual(
+    dim: int,
+    *,
+    hidden: Sequence[int] = (64, 64),
+    activation: str = "lipswish",
+    lipschitz: float = 0.97,
+    log_det: str = "exact",
+    num_series_terms: int | None = None,
+    num_hutchinson_samples: int = 1,
+    roulette_stop_probability: float = 0.5,
+    fixed_point_tol: float | None = None,
+    fixed_point_max_iter: int | None = None,
+    context_dim: int | None = None,
+) -> Bijector:
+    """A contractive residual block on vectors: `inverse(x) = x + g(x)`, `forward` by fixed point.
+
+    Args:
+      dim: event size.
+      hidden: widths of g's hidden layers.
+      activation: "lipswish", "elu" or "tanh" (all 1-Lipschitz).
+      lipschitz: bound on Lip(g), in (0, 1).
+      log_det: "exact", "series" or "russian_roulette" (module docstring); the last two
+        are stochastic and take `key=` in forward and inverse.
+      num_series_terms: terms always summed by the power series (default 8 for "series",
+        2 for "russian_roulette").
+      num_hutchinson_samples: Hutchinson probes per estimate.
+      roulette_stop_probability: p of the geometric number of extra terms.
+      fixed_point_tol: relative step size at which `forward` stops (default 4 eps of the
+        input's dtype; the iteration also stops when rounding stops its progress).
+      fixed_point_max_iter: iteration cap (default: twice the steps in which a contraction
+        of rate `lipschitz` shrinks an error by eps of the input's dtype).
+      context_dim: size of the context for a conditional block (fed to g's first layer).
+
+    Returns:
+      A `Bijector` whose params are `ContractiveMLP`'s flax variables: {"params": {"dense_i":
+      {"kernel", "bias"}, "lipswish_i" (per-unit raw beta), "context": {"kernel"}}}.
+    """
+    _check_arguments(
+        {"dim": dim, "num_hutchinson_samples": num_hutchinson_samples},
+        {"num_series_terms": num_series_terms, "fixed_point_max_iter": fixed_point_max_iter},
+        hidden, activation, lipschitz, log_det, roulette_stop_probability, fixed_point_tol,
+    )
+    name = f"residual({log_det})"
+    module = ContractiveMLP(tuple(hidden), dim, activation)
+    context_shape = None if context_dim is None else (context_dim,)
+    contract_params = functools.partial(contract, num_layers=len(hidden) + 1, lipschitz=lipschitz)
+    if log_det == "exact":
+        estimate = exact_log_det
+    else:
+        estimate = functools.partial(
+            power_series_log_det,
+            num_terms=num_series_terms or DEFAULT_NUM_SERIES_TERMS[log_det],
+            stop_probability=roulette_stop_probability if log_det == "russian_roulette" else 0.0,
+            num_probes=num_hutchinson_samples,
+        )
+
+    def init(key):
+        return module.init(key, jnp.zeros(dim), None if context_shape is None else jnp.zeros(context_shape))
+
+    def g(inputs, x):
+        params, context = inputs
+        return module.apply(params, x, context)
+
+    def prepare(params, event, context, key, what):
+        if log_det != "exact" and key is None:
+            raise ValueError(f"{name} estimates its log-det stochastically: pass key=... (or use log_det='exact').")
+        event = check_event(name, event, (dim,), what)
+        context = check_context(name, context, context_shape)
+        return event, (contract_params(params, dtype=event.dtype), context)
+
+    def to_base(params, x, context, key):
+        x, inputs = prepare(params, x, context, key, "data-side input")
+        return x + g(inputs, x), estimate(g, inputs, x, key)
+
+    def to_data(params, z, context, key):
+        z, inputs = prepare(params, z, context, key, "base-side input")
+        eps = float(jnp.finfo(z.dtype).eps)
+        tol = 4 * eps if fixed_point_tol is None else fixed_point_tol
+        max_iter = fixed_point_max_iter or 2 * math.ceil(math.log(eps) / math.log(lipschitz))
+        x = solve_residual(functools.partial(g, inputs), z, tol=tol, max_iter=max_iter)
+        return x, -estimate(g, inputs, x, key)
+
+    if log_det == "exact":
+        forward = lambda p, z, context=None: to_data(p, z, context, None)  # noqa: E731
+        inverse = lambda p, x, context=None: to_base(p, x, context, None)  # noqa: E731
+        return Bijector(init, forward, inverse, name)
+    return Bijector(
+        init,
+        lambda p, z, context=None, *, key=None: to_data(p, z, context, key),
+        lambda p, x, context=None, *, key=None: to_base(p, x, context, key),
+        name,
+        stochastic=True,
+    )
+
+
+def _check_arguments(counts, optional_counts, hidden, activation, lipschitz, log_det, stop_probability, tol):
+    """Raises ValueError for arguments `residual` cannot build a contractive block from."""
+
+    def positive_int(value):
+        return isinstance(value, numbers.Integral) and value >= 1
+
+    for label, value in counts.items():
+        if not positive_int(value):
+            raise ValueError(f"residual: {label} must be a positive int, got {value!r}.")
+    for label, value in optional_counts.items():
+        if value is not None and not positive_int(value):
+            raise ValueError(f"residual: {label} must be a positive int or None, got {value!r}.")
+    if not all(positive_int(width) for width in hidden):
+        raise ValueError(f"residual: hidden widths must be positive ints, got {tuple(hidden)!r}.")
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"residual: activation must be one of {ACTIVATIONS} (1-Lipschitz), got {activation!r}.")
+    if log_det not in LOG_DETS:
+        raise ValueError(f"residual: log_det must be one of {LOG_DETS}, got {log_det!r}.")
+    if not 0 < lipschitz < 1:
+        raise ValueError(f"residual: lipschitz must lie in (0, 1) for the block to be invertible, got {lipschitz}.")
+    if not 0 < stop_probability < 1:
+        raise ValueError(f"residual: roulette_stop_probability must lie in (0, 1), got {stop_probability}.")
+    if tol is not None and not tol > 0:
+        raise ValueError(f"residual: fixed_point_tol must be > 0 or None, got {tol}.")
