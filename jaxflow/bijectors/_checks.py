@@ -36,3 +36,14 @@ def check_context(name: str, context, context_shape: tuple[int, ...] | None):
 def as_shape(shape) -> tuple[int, ...]:
     """Normalises an int or a sequence of ints to a shape tuple."""
     return (int(shape),) if jnp.ndim(shape) == 0 else tuple(int(s) for s in shape)
+
+
+def batch_shape_of(name: str, shape, event_shape) -> tuple[int, ...]:
+    """The leading axes of `shape` in front of `event_shape`; ValueError if the trailing axes differ."""
+    shape, event_ndim = tuple(shape), len(event_shape)
+    if len(shape) < event_ndim or shape[len(shape) - event_ndim:] != tuple(event_shape):
+        raise ValueError(
+            f"{name}: expected an array with trailing event shape {tuple(event_shape)} "
+            f"(any leading batch shape), got shape {shape}."
+        )
+    return shape[: len(shape) - event_ndim]

@@ -18,20 +18,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxflow.bijectors._checks import as_shape, check_event
+from jaxflow.bijectors._checks import as_shape, batch_shape_of, check_event
 from jaxflow.bijectors.base import Bijector, transform
 from jaxflow.distributions import Distribution, Flow
 
-
-def _batch_shape(name: str, shape, event_shape) -> tuple[int, ...]:
-    """The leading axes of `shape` in front of `event_shape`; ValueError if the trailing axes differ."""
-    shape, event_ndim = tuple(shape), len(event_shape)
-    if len(shape) < event_ndim or shape[len(shape) - event_ndim:] != tuple(event_shape):
-        raise ValueError(
-            f"{name}: expected an array with trailing event shape {tuple(event_shape)} "
-            f"(any leading batch shape), got shape {shape}."
-        )
-    return shape[: len(shape) - event_ndim]
 
 
 class _BijectorAsDistrax(distrax.Bijector):
@@ -57,7 +47,7 @@ class _BijectorAsDistrax(distrax.Bijector):
 
     def _apply(self, direction, x):
         x = check_event(self.name, x, None)
-        batch_shape = _batch_shape(self.name, x.shape, self._event_shape)
+        batch_shape = batch_shape_of(self.name, x.shape, self._event_shape)
         count = int(np.prod(batch_shape))
         keys = None if self._key is None else jax.random.split(self._key, count)
 

@@ -31,7 +31,7 @@ from numpyro.distributions.transforms import Transform
 from numpyro.infer.autoguide import AutoContinuous
 from numpyro.infer.initialization import init_to_uniform
 
-from jaxflow.bijectors._checks import as_shape, check_event
+from jaxflow.bijectors._checks import as_shape, batch_shape_of, check_event
 from jaxflow.bijectors.base import Bijector, transform
 from jaxflow.distributions import Flow
 
@@ -42,16 +42,6 @@ def _real_support(event_ndim: int) -> constraints.Constraint:
     """Unconstrained events with `event_ndim` axes."""
     return constraints.real if event_ndim == 0 else constraints.independent(constraints.real, event_ndim)
 
-
-def _batch_shape(name: str, shape, event_shape) -> tuple[int, ...]:
-    """The axes of `shape` in front of `event_shape`; ValueError if the trailing axes differ."""
-    shape, event_ndim = tuple(shape), len(event_shape)
-    if len(shape) < event_ndim or shape[len(shape) - event_ndim:] != tuple(event_shape):
-        raise ValueError(
-            f"{name}: expected an array with trailing event shape {tuple(event_shape)} "
-            f"(any leading batch shape), got shape {shape}."
-        )
-    return shape[: len(shape) - event_ndim]
 
 
 class FlowDistribution(NumpyroDistribution):
@@ -103,7 +93,7 @@ class FlowDistribution(NumpyroDistribution):
         value = check_event("FlowDistribution.log_prob", value, None, what="value")
         if self._validate_args:
             self._validate_sample(value)
-        batch_shape = np.broadcast_shapes(_batch_shape("FlowDistribution", value.shape, self.event_shape), self.batch_shape)
+        batch_shape = np.broadcast_shapes(batch_shape_of("FlowDistribution", value.shape, self.event_shape), self.batch_shape)
         value = jnp.broadcast_to(value, batch_shape + self.event_shape)
         return self.flow.log_prob(self.params, value, self._context_for(batch_shape), key=self.key)
 
@@ -122,7 +112,7 @@ def _context_batch_shape(flow: Flow, context) -> tuple[int, ...]:
         return ()
     if context is None:
         raise ValueError(f"FlowDistribution: the flow is conditional; pass a context of shape {flow.context_shape}.")
-    return _batch_shape("FlowDistribution context", jnp.shape(context), flow.context_shape)
+    return batch_shape_of("FlowDistribution context", jnp.shape(context), flow.context_shape)
 
 
 class BijectorTransform(Transform):
@@ -169,7 +159,7 @@ class BijectorTransform(Transform):
     def _apply(self, direction, x):
         name = f"BijectorTransform({self.bijector.name})"
         x = check_event(name, x, None)
-        batch_shape = _batch_shape(name, x.shape, self.event_shape)
+        batch_shape = batch_shape_of(name, x.shape, self.event_shape)
         one = lambda event: transform(self.bijector, direction, self.params, event, self.context)  # noqa: E731
         y, log_det = jax.vmap(one)(x.reshape(-1, *self.event_shape))
         return y.reshape(x.shape), log_det.reshape(batch_shape)
