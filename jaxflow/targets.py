@@ -185,7 +185,7 @@ def _half_cauchy_logpdf(x, scale):
 def _posteriordb_data(filename: str) -> dict:
     path = DATA_DIR / filename
     if not path.is_file():
-        raise FileNotFoundError(f"model data not found at {path}; it lives in shared/data/posteriors/ (see its README).")
+        raise FileNotFoundError(f"model data not found at {path}; it lives in shared/data/posteriors/ (see README.md).")
     return json.loads(path.read_text())
 
 

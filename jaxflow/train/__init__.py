@@ -13,9 +13,9 @@ For a loop of your own: `state = init_state(params, optimizer)` and
 `step = jax.jit(make_step(loss_fn, optimizer))`.
 """
 
-from jaxflow.train import diagnostics, forward_kl, reverse_kl, sharding
+from jaxflow.train import diagnostics, distill, forward_kl, reverse_kl, sharding
 from jaxflow.train._step import StepInfo, TrainState, init_state, make_step
 
 __all__ = [
-    "StepInfo", "TrainState", "diagnostics", "forward_kl", "init_state", "make_step", "reverse_kl", "sharding",
+    "StepInfo", "TrainState", "diagnostics", "distill", "forward_kl", "init_state", "make_step", "reverse_kl", "sharding",
 ]
