@@ -17,8 +17,11 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(PY) examples/demo.py --out out/demo
 
+# A worker that dies (XLA has segfaulted while compiling in long-lived workers, see the README's
+# known issues) fails its test; the failures are then re-run once in fresh worker processes, so a
+# real failure still fails the target.
 test: $(STAMP)
-	$(PY) -m pytest -n 2 --dist loadgroup -q
+	$(PY) -m pytest -n 2 --dist loadgroup -q || $(PY) -m pytest -n 2 -q --last-failed --last-failed-no-failures none
 
 test-slow: $(STAMP)
 	$(PY) -m pytest -n 2 --dist loadgroup -q -m slow
