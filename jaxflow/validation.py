@@ -14,7 +14,6 @@ import contextlib
 import functools
 import threading
 
-import jax
 import jax.numpy as jnp
 from jax.experimental import checkify
 

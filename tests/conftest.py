@@ -1,6 +1,23 @@
-import jax
-import pytest
-from hypothesis import HealthCheck, settings
+"""Precision passes: each pytest process runs in one JAX precision mode and never toggles it.
+
+`make test` runs the suite twice: once as is (float32), then with `JAX_ENABLE_X64=1`, which
+selects only the tests that need float64: those marked `float64` and the float64 half of the
+`dtype` fixture. Switching `jax_enable_x64` inside a long-lived process invalidates JAX's caches
+under live objects; it crashed XLA workers, so no test does it.
+
+Tests compile with LLVM's optimisations off: on their tiny shapes compilation is most of the
+cost (measured: the flow-builder contract tests take half the time), and the optimisation
+level does not change what is computed. Benchmarks run with XLA's defaults.
+"""
+
+import os
+
+_FAST_COMPILE = ("--xla_backend_optimization_level=0", "--xla_llvm_disable_expensive_passes=true")
+os.environ["XLA_FLAGS"] = " ".join([os.environ.get("XLA_FLAGS", ""), *_FAST_COMPILE]).strip()
+
+import jax  # noqa: E402  (XLA reads its flags when the first backend starts)
+import pytest  # noqa: E402
+from hypothesis import HealthCheck, settings  # noqa: E402
 
 settings.register_profile(
     "default", max_examples=4, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck)
@@ -8,9 +25,30 @@ settings.register_profile(
 settings.register_profile("slow", max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
 settings.load_profile("default")
 
+X64 = bool(jax.config.jax_enable_x64)
+
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers", "float64: needs jax_enable_x64; runs only in the JAX_ENABLE_X64=1 pass of `make test`"
+    )
+
+
+def _needs_x64(item):
+    dtype = getattr(item, "callspec", None) and item.callspec.params.get("dtype")
+    return item.get_closest_marker("float64") is not None or dtype == "float64"
+
+
+def pytest_collection_modifyitems(config, items):
+    """Keeps the tests of this process's precision pass."""
+    selected = [item for item in items if _needs_x64(item) == X64]
+    deselected = [item for item in items if _needs_x64(item) != X64]
+    if deselected:
+        config.hook.pytest_deselected(items=deselected)
+        items[:] = selected
+
 
 @pytest.fixture(params=["float32", "float64"])
 def dtype(request):
-    """Runs a test in float32 and in float64 (jax_enable_x64 on for the test's duration)."""
-    with jax.enable_x64(request.param == "float64"):
-        yield request.param
+    """The float dtype name a test runs in; its float64 half runs in the float64 pass."""
+    return request.param

@@ -27,6 +27,7 @@ def test_contract(name, dtype):
     assert x.dtype == jnp.dtype(dtype)
 
 
+@pytest.mark.float64
 @pytest.mark.parametrize("name", GROUPED)
 @given(
     seed=st.integers(0, 2**31 - 1),
@@ -34,8 +35,7 @@ def test_contract(name, dtype):
     input_scale=st.sampled_from([1e-3, 0.3, 1.0, 2.5]),
 )
 def test_contract_random_inputs_and_params(name, seed, param_scale, input_scale):
-    with jax.enable_x64(True):
-        run_case(name, seed, param_scale, input_scale)
+    run_case(name, seed, param_scale, input_scale)
 
 
 @pytest.mark.parametrize("name", GROUPED)

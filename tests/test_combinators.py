@@ -34,6 +34,7 @@ def _layer():
     return jf.chain(jb.affine_coupling(DIM, hidden=(8,)), jb.reverse())
 
 
+@pytest.mark.float64  # float32 rounding differs with the order of operations, 1e-4 after 5 layers
 @pytest.mark.parametrize("direction", ["forward", "inverse"])
 def test_stack_equals_a_python_loop_over_layers(direction):
     num_layers = 5
@@ -47,8 +48,8 @@ def test_stack_equals_a_python_loop_over_layers(direction):
     for i in order:
         expected, ld = getattr(layer, direction)(jax.tree.map(lambda p: p[i], params), expected)
         total += ld
-    np.testing.assert_allclose(y, expected, rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(log_det, total, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(y, expected, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(log_det, total, rtol=1e-12, atol=1e-12)
 
 
 def test_stack_scans_per_layer_constants():

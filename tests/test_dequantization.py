@@ -60,41 +60,41 @@ def test_uniform_dequantize_lands_in_the_cell_of_each_value():
     np.testing.assert_allclose(y.mean(0), (x + 0.5) / 256, atol=3e-4)
 
 
+@pytest.mark.float64
 @pytest.mark.parametrize("pmf_kind", ["uniform", "random"])
 def test_uniform_bound_is_exact_for_a_density_constant_on_cells(pmf_kind):
-    with jax.enable_x64(True):
-        rng, num_levels = np.random.default_rng(0), 5
-        pmf = np.full((2, num_levels), 1 / num_levels) if pmf_kind == "uniform" else rng.dirichlet(np.ones(num_levels), 2)
-        flow = jf.Flow(_piecewise_constant(jnp.asarray(pmf)), jb.shift(2))
-        x = rng.integers(0, num_levels, (30, 2))
-        bound = jax.jit(lambda key, params: uniform_dequantized_log_likelihood_bound(key, flow, params, x, num_levels, 3))(
-            jax.random.key(1), flow.init(jax.random.key(2))
-        )
-        expected = np.log(pmf[0, x[:, 0]]) + np.log(pmf[1, x[:, 1]])
-        np.testing.assert_allclose(bound, expected, rtol=1e-12)
-        if pmf_kind == "uniform":
-            np.testing.assert_allclose(bound, -2 * np.log(num_levels), rtol=1e-12)
+    rng, num_levels = np.random.default_rng(0), 5
+    pmf = np.full((2, num_levels), 1 / num_levels) if pmf_kind == "uniform" else rng.dirichlet(np.ones(num_levels), 2)
+    flow = jf.Flow(_piecewise_constant(jnp.asarray(pmf)), jb.shift(2))
+    x = rng.integers(0, num_levels, (30, 2))
+    bound = jax.jit(lambda key, params: uniform_dequantized_log_likelihood_bound(key, flow, params, x, num_levels, 3))(
+        jax.random.key(1), flow.init(jax.random.key(2))
+    )
+    expected = np.log(pmf[0, x[:, 0]]) + np.log(pmf[1, x[:, 1]])
+    np.testing.assert_allclose(bound, expected, rtol=1e-12)
+    if pmf_kind == "uniform":
+        np.testing.assert_allclose(bound, -2 * np.log(num_levels), rtol=1e-12)
 
 
+@pytest.mark.float64
 def test_uniform_bound_is_below_the_discrete_log_probability_and_matches_quadrature():
-    with jax.enable_x64(True):
-        loc, scale, num_levels, num_samples = 0.4, 0.8, 6, 20000
-        flow, params = _logit_normal_flow([loc], [scale])
-        x = np.arange(num_levels)[:, None]
-        bound = jax.jit(lambda key: uniform_dequantized_log_likelihood_bound(key, flow, params, x, num_levels, num_samples))(
-            jax.random.key(0)
-        )
+    loc, scale, num_levels, num_samples = 0.4, 0.8, 6, 20000
+    flow, params = _logit_normal_flow([loc], [scale])
+    x = np.arange(num_levels)[:, None]
+    bound = jax.jit(lambda key: uniform_dequantized_log_likelihood_bound(key, flow, params, x, num_levels, num_samples))(
+        jax.random.key(0)
+    )
 
-        def log_density(y):
-            z = special.logit(y)
-            return stats.norm.logpdf(z, loc, scale) - np.log(y * (1 - y))
+    def log_density(y):
+        z = special.logit(y)
+        return stats.norm.logpdf(z, loc, scale) - np.log(y * (1 - y))
 
-        exact_bound = np.array([integrate.quad(lambda u: log_density((k + u) / num_levels), 0, 1)[0] for k in range(num_levels)])
-        exact_bound -= np.log(num_levels)
-        log_p = _logit_normal_cell_log_probs(loc, scale, num_levels)
-        np.testing.assert_allclose(bound, exact_bound, atol=0.03)
-        assert np.all(exact_bound < log_p - 1e-3)
-        assert np.all(bound < log_p)
+    exact_bound = np.array([integrate.quad(lambda u: log_density((k + u) / num_levels), 0, 1)[0] for k in range(num_levels)])
+    exact_bound -= np.log(num_levels)
+    log_p = _logit_normal_cell_log_probs(loc, scale, num_levels)
+    np.testing.assert_allclose(bound, exact_bound, atol=0.03)
+    assert np.all(exact_bound < log_p - 1e-3)
+    assert np.all(bound < log_p)
 
 
 def _noise_flow():

@@ -16,10 +16,7 @@ from jaxflow.testing.cases.image import relative_perturbation
 NETWORK = dict(hidden_channels=4, num_blocks=1)
 
 
-@pytest.fixture(autouse=True)
-def float64():
-    with jax.enable_x64(True):
-        yield
+pytestmark = pytest.mark.float64
 
 
 def reference_squeeze(x):

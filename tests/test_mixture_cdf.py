@@ -45,36 +45,36 @@ def _scipy_logit_mixture_cdf(log_weights, means, log_scales, x):
     return log_cdf - log_sf, log_pdf - log_cdf - log_sf
 
 
+@pytest.mark.float64
 def test_logit_mixture_cdf_matches_scipy():
-    with jax.enable_x64(True):
-        rng = np.random.default_rng(0)
-        components = _random_components(rng, 500, spread=2.0)
-        x = rng.uniform(-6, 6, 500)
-        z, log_derivative = logit_mixture_cdf(*map(jnp.asarray, components), jnp.asarray(x))
-        expected_z, expected_log_derivative = _scipy_logit_mixture_cdf(*components, x)
-        np.testing.assert_allclose(z, expected_z, rtol=1e-9, atol=1e-9)
-        np.testing.assert_allclose(log_derivative, expected_log_derivative, rtol=1e-9, atol=1e-9)
+    rng = np.random.default_rng(0)
+    components = _random_components(rng, 500, spread=2.0)
+    x = rng.uniform(-6, 6, 500)
+    z, log_derivative = logit_mixture_cdf(*map(jnp.asarray, components), jnp.asarray(x))
+    expected_z, expected_log_derivative = _scipy_logit_mixture_cdf(*components, x)
+    np.testing.assert_allclose(z, expected_z, rtol=1e-9, atol=1e-9)
+    np.testing.assert_allclose(log_derivative, expected_log_derivative, rtol=1e-9, atol=1e-9)
 
 
+@pytest.mark.float64
 def test_map_is_increasing_and_its_log_det_is_the_autodiff_log_derivative():
-    with jax.enable_x64(True):
-        rng = np.random.default_rng(1)
-        theta = jnp.asarray(rng.normal(0, 2.0, (20, 1, NUM_PARAMS)))
-        x = jnp.broadcast_to(jnp.linspace(-40.0, 40.0, 801), (20, 801))
-        y, log_det = density_direction(theta, x)
-        assert np.all(np.diff(np.asarray(y), axis=-1) > 0)
-        slope = jax.vmap(jax.vmap(jax.grad(lambda t, v: MIXTURE.inverse(t, v)[0], argnums=1), (None, 0)))(theta[:, 0], x)
-        np.testing.assert_allclose(log_det, np.log(slope), rtol=1e-9, atol=1e-9)
+    rng = np.random.default_rng(1)
+    theta = jnp.asarray(rng.normal(0, 2.0, (20, 1, NUM_PARAMS)))
+    x = jnp.broadcast_to(jnp.linspace(-40.0, 40.0, 801), (20, 801))
+    y, log_det = density_direction(theta, x)
+    assert np.all(np.diff(np.asarray(y), axis=-1) > 0)
+    slope = jax.vmap(jax.vmap(jax.grad(lambda t, v: MIXTURE.inverse(t, v)[0], argnums=1), (None, 0)))(theta[:, 0], x)
+    np.testing.assert_allclose(log_det, np.log(slope), rtol=1e-9, atol=1e-9)
 
 
+@pytest.mark.float64
 def test_bracket_holds_the_root():
-    with jax.enable_x64(True):
-        rng = np.random.default_rng(2)
-        log_weights, means, log_scales = map(jnp.asarray, _random_components(rng, 1000, spread=20.0))
-        z = jnp.asarray(rng.normal(0, 10, 1000))
-        lower, upper = mixture_bracket(means, log_scales, z)
-        assert np.all(logit_mixture_cdf(log_weights, means, log_scales, lower)[0] <= z + 1e-9)
-        assert np.all(logit_mixture_cdf(log_weights, means, log_scales, upper)[0] >= z - 1e-9)
+    rng = np.random.default_rng(2)
+    log_weights, means, log_scales = map(jnp.asarray, _random_components(rng, 1000, spread=20.0))
+    z = jnp.asarray(rng.normal(0, 10, 1000))
+    lower, upper = mixture_bracket(means, log_scales, z)
+    assert np.all(logit_mixture_cdf(log_weights, means, log_scales, lower)[0] <= z + 1e-9)
+    assert np.all(logit_mixture_cdf(log_weights, means, log_scales, upper)[0] >= z - 1e-9)
 
 
 def _extreme_params(rng, size, dtype):
@@ -85,49 +85,47 @@ def _extreme_params(rng, size, dtype):
     return jnp.asarray(np.concatenate([logits, means, raw_log_scales, rng.normal(0, 2, (size, 2))], -1), dtype)
 
 
-@pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_inverse_is_accurate_to_float_precision_for_extreme_params(dtype):
     """Both round trips are within a few ulps of the input, in the units its conditioning allows."""
-    with jax.enable_x64(dtype == "float64"):
-        rng, eps = np.random.default_rng(3), np.finfo(dtype).eps
-        theta = _extreme_params(rng, 400, dtype)
-        as64 = lambda *arrays: [np.asarray(a, np.float64) for a in arrays]  # noqa: E731
+    rng, eps = np.random.default_rng(3), np.finfo(dtype).eps
+    theta = _extreme_params(rng, 400, dtype)
+    as64 = lambda *arrays: [np.asarray(a, np.float64) for a in arrays]  # noqa: E731
 
-        y = jnp.asarray(rng.normal(0, 20, 400), dtype)
-        x, log_det = sampling_direction(theta, y)
-        y_again, log_det_again = density_direction(theta, x)
-        x, y, y_again, slope = as64(x, y, y_again, jnp.exp(log_det_again))
-        # x within a few ulps of the root moves y by slope * ulp(x); y itself rounds to ulp(y).
-        assert np.all(np.abs(y_again - y) <= 8 * eps * (slope * (1 + np.abs(x)) + 1 + np.abs(y)))
-        np.testing.assert_allclose(log_det, -log_det_again, rtol=8 * eps)
+    y = jnp.asarray(rng.normal(0, 20, 400), dtype)
+    x, log_det = sampling_direction(theta, y)
+    y_again, log_det_again = density_direction(theta, x)
+    x, y, y_again, slope = as64(x, y, y_again, jnp.exp(log_det_again))
+    # x within a few ulps of the root moves y by slope * ulp(x); y itself rounds to ulp(y).
+    assert np.all(np.abs(y_again - y) <= 8 * eps * (slope * (1 + np.abs(x)) + 1 + np.abs(y)))
+    np.testing.assert_allclose(log_det, -log_det_again, rtol=8 * eps)
 
-        x = jnp.asarray(rng.normal(0, 3, 400), dtype)
-        y, log_det = density_direction(theta, x)
-        x_again, _ = sampling_direction(theta, y)
-        x, y, x_again, log_det = as64(x, y, x_again, log_det)
-        # Where the map is flat, y barely determines x: the bound grows like 1 / slope.
-        determined = log_det > -20
-        assert determined.mean() > 0.5
-        x, y, x_again, slope = x[determined], y[determined], x_again[determined], np.exp(log_det[determined])
-        assert np.all(np.abs(x_again - x) <= 8 * eps * (1 + np.abs(x) + (1 + np.abs(y)) / slope))
+    x = jnp.asarray(rng.normal(0, 3, 400), dtype)
+    y, log_det = density_direction(theta, x)
+    x_again, _ = sampling_direction(theta, y)
+    x, y, x_again, log_det = as64(x, y, x_again, log_det)
+    # Where the map is flat, y barely determines x: the bound grows like 1 / slope.
+    determined = log_det > -20
+    assert determined.mean() > 0.5
+    x, y, x_again, slope = x[determined], y[determined], x_again[determined], np.exp(log_det[determined])
+    assert np.all(np.abs(x_again - x) <= 8 * eps * (1 + np.abs(x) + (1 + np.abs(y)) / slope))
 
 
+@pytest.mark.float64
 def test_inverse_gradients_match_finite_differences():
-    with jax.enable_x64(True):
-        rng = np.random.default_rng(4)
-        theta, y = jnp.asarray(rng.normal(0, 1, (6, NUM_PARAMS))), jnp.asarray(rng.normal(0, 2, 6))
-        check_grads(jax.jit(MIXTURE.forward), (theta, y), order=1, modes=("fwd", "rev"), atol=1e-6, rtol=1e-6)
+    rng = np.random.default_rng(4)
+    theta, y = jnp.asarray(rng.normal(0, 1, (6, NUM_PARAMS))), jnp.asarray(rng.normal(0, 2, 6))
+    check_grads(jax.jit(MIXTURE.forward), (theta, y), order=1, modes=("fwd", "rev"), atol=1e-6, rtol=1e-6)
 
 
+@pytest.mark.float64
 def test_inverse_gradient_is_the_implicit_function_theorem_one():
-    with jax.enable_x64(True):
-        rng = np.random.default_rng(5)
-        theta, y = jnp.asarray(rng.normal(0, 1, NUM_PARAMS)), jnp.asarray(1.3)
-        x = sampling_direction(theta, y)[0]
-        closed_form_gradients = jax.jit(jax.grad(lambda t, v: MIXTURE.inverse(t, v)[0], argnums=(0, 1)))
-        by_theta, by_x = closed_form_gradients(theta, x)
-        solution_gradient = jax.jit(jax.grad(lambda t: MIXTURE.forward(t, y)[0]))(theta)
-        np.testing.assert_allclose(solution_gradient, -by_theta / by_x, rtol=1e-10)
+    rng = np.random.default_rng(5)
+    theta, y = jnp.asarray(rng.normal(0, 1, NUM_PARAMS)), jnp.asarray(1.3)
+    x = sampling_direction(theta, y)[0]
+    closed_form_gradients = jax.jit(jax.grad(lambda t, v: MIXTURE.inverse(t, v)[0], argnums=(0, 1)))
+    by_theta, by_x = closed_form_gradients(theta, x)
+    solution_gradient = jax.jit(jax.grad(lambda t: MIXTURE.forward(t, y)[0]))(theta)
+    np.testing.assert_allclose(solution_gradient, -by_theta / by_x, rtol=1e-10)
 
 
 def test_zero_params_give_the_identity():

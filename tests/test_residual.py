@@ -93,16 +93,16 @@ def _matrices(rng):
     return [gaussian, orthogonal, rank_one, 1e-30 * gaussian, 1e30 * gaussian, np.array([[0.0, -2.5]])]
 
 
+@pytest.mark.float64
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.float64])
 def test_spectral_norm_bound_brackets_the_largest_singular_value(dtype):
-    with jax.enable_x64(True):
-        for matrix in _matrices(np.random.default_rng(0)):
-            weight = jnp.asarray(matrix, dtype)
-            sigma = np.linalg.norm(np.asarray(weight, np.float64), 2)
-            bound = float(jax.jit(spectral_norm_bound)(weight))
-            eps = float(jnp.finfo(dtype).eps)
-            slack = min(matrix.shape) ** (1 / 512) * (1 + 4 * max(matrix.shape) * eps)
-            assert sigma <= bound <= sigma * slack * (1 + 4 * eps), (matrix.shape, sigma, bound)
+    for matrix in _matrices(np.random.default_rng(0)):
+        weight = jnp.asarray(matrix, dtype)
+        sigma = np.linalg.norm(np.asarray(weight, np.float64), 2)
+        bound = float(jax.jit(spectral_norm_bound)(weight))
+        eps = float(jnp.finfo(dtype).eps)
+        slack = min(matrix.shape) ** (1 / 512) * (1 + 4 * max(matrix.shape) * eps)
+        assert sigma <= bound <= sigma * slack * (1 + 4 * eps), (matrix.shape, sigma, bound)
 
 
 def test_spectral_norm_bound_of_zero_is_zero_with_finite_gradients():
@@ -112,16 +112,16 @@ def test_spectral_norm_bound_of_zero_is_zero_with_finite_gradients():
     np.testing.assert_array_equal(gradient, np.ones((4, 3)))  # the identity map: zero is within the bound
 
 
+@pytest.mark.float64
 def test_normalise_only_shrinks():
     rng = np.random.default_rng(1)
-    with jax.enable_x64(True):
-        small = jnp.asarray(rng.normal(size=(6, 4)))
-        small = small * 0.5 / np.linalg.norm(small, 2)
-        np.testing.assert_array_equal(normalise(small, coefficient=0.9), small)
-        large = 10 * small
-        shrunk = np.asarray(normalise(large, coefficient=0.9))
-        assert 0.9 / 1.01 <= np.linalg.norm(shrunk, 2) <= 0.9
-        np.testing.assert_allclose(shrunk / np.linalg.norm(shrunk), large / np.linalg.norm(large), rtol=1e-12)
+    small = jnp.asarray(rng.normal(size=(6, 4)))
+    small = small * 0.5 / np.linalg.norm(small, 2)
+    np.testing.assert_array_equal(normalise(small, coefficient=0.9), small)
+    large = 10 * small
+    shrunk = np.asarray(normalise(large, coefficient=0.9))
+    assert 0.9 / 1.01 <= np.linalg.norm(shrunk, 2) <= 0.9
+    np.testing.assert_allclose(shrunk / np.linalg.norm(shrunk), large / np.linalg.norm(large), rtol=1e-12)
 
 
 @pytest.mark.parametrize(
@@ -141,6 +141,7 @@ def test_normalise_rejects_bad_input(weight, kwargs, error):
 # Lipschitz constant of g
 
 
+@pytest.mark.float64
 @pytest.mark.parametrize("activation", ["lipswish", "elu", "tanh"])
 def test_lipschitz_constant_of_g_stays_below_the_coefficient_for_huge_params(activation):
     bijector = residual(DIM, hidden=(16, 16), activation=activation, lipschitz=0.9, context_dim=2)
@@ -155,22 +156,21 @@ def test_lipschitz_constant_of_g_stays_below_the_coefficient_for_huge_params(act
         ratios = jnp.linalg.norm(differences, axis=1) / jnp.linalg.norm(a - b, axis=1)
         return ratios, jax.vmap(jax.jacfwd(g, argnums=1), in_axes=(None, 0, 0))(params, a[:200], contexts[:200])
 
-    with jax.enable_x64(True):
-        params = jax.tree.map(lambda a: 10 * a, _float64(perturbed_params(bijector, jax.random.key(3), 1.0)))
-        keys = jax.random.split(jax.random.key(4), 4)
-        a, b = 3 * jax.random.normal(keys[0], (2000, DIM)), 3 * jax.random.normal(keys[1], (2000, DIM))
-        b = b.at[:1000].set(a[:1000] + 1e-3 * jax.random.normal(keys[2], (1000, DIM)))  # close pairs too
-        contexts = 3 * jax.random.normal(keys[3], (2000, 2))
-        ratios, jacobians = map(np.asarray, ratios_and_jacobians(params, a, b, contexts))
+    params = jax.tree.map(lambda a: 10 * a, _float64(perturbed_params(bijector, jax.random.key(3), 1.0)))
+    keys = jax.random.split(jax.random.key(4), 4)
+    a, b = 3 * jax.random.normal(keys[0], (2000, DIM)), 3 * jax.random.normal(keys[1], (2000, DIM))
+    b = b.at[:1000].set(a[:1000] + 1e-3 * jax.random.normal(keys[2], (1000, DIM)))  # close pairs too
+    contexts = 3 * jax.random.normal(keys[3], (2000, 2))
+    ratios, jacobians = map(np.asarray, ratios_and_jacobians(params, a, b, contexts))
     largest_singular_values = np.linalg.svd(np.asarray(jacobians), compute_uv=False)[:, 0]
     assert np.max(ratios) < 0.9 and largest_singular_values.max() < 0.9, (np.max(ratios), largest_singular_values.max())
 
 
+@pytest.mark.float64
 def test_a_linear_g_is_scaled_to_the_coefficient_exactly():
     bijector = residual(DIM, hidden=(), lipschitz=0.8)  # g(x) = W x + b
-    with jax.enable_x64(True):
-        params = jax.tree.map(lambda a: 10 * a, _float64(perturbed_params(bijector, jax.random.key(5), 1.0)))
-        jacobian = _explicit_jacobian(bijector, params, jnp.zeros(DIM)) - np.eye(DIM)
+    params = jax.tree.map(lambda a: 10 * a, _float64(perturbed_params(bijector, jax.random.key(5), 1.0)))
+    jacobian = _explicit_jacobian(bijector, params, jnp.zeros(DIM)) - np.eye(DIM)
     assert 0.8 / 1.003 <= np.linalg.norm(jacobian, 2) <= 0.8
 
 
@@ -178,44 +178,44 @@ def test_a_linear_g_is_scaled_to_the_coefficient_exactly():
 # The fixed-point direction
 
 
+@pytest.mark.float64
 def test_fresh_blocks_are_the_identity():
-    with jax.enable_x64(True):
-        x = jnp.array([0.3, -1.2, 2.0])
-        for kind in KINDS:
-            bijector = _block(kind)
-            params = _float64(bijector.init(jax.random.key(0)))
-            for direction in ("forward",) if kind == "exact" else ("inverse",):
-                y, log_det = _apply(bijector, direction, params, x, key=jax.random.key(1))
-                np.testing.assert_array_equal(y, x, err_msg=f"{kind} {direction}")
-                np.testing.assert_array_equal(log_det, 0.0, err_msg=f"{kind} {direction}")
+    x = jnp.array([0.3, -1.2, 2.0])
+    for kind in KINDS:
+        bijector = _block(kind)
+        params = _float64(bijector.init(jax.random.key(0)))
+        for direction in ("forward",) if kind == "exact" else ("inverse",):
+            y, log_det = _apply(bijector, direction, params, x, key=jax.random.key(1))
+            np.testing.assert_array_equal(y, x, err_msg=f"{kind} {direction}")
+            np.testing.assert_array_equal(log_det, 0.0, err_msg=f"{kind} {direction}")
 
 
-@pytest.mark.parametrize("x64", [False, True])
-def test_fixed_point_inverts_a_near_critical_block_to_rounding(x64):
+def test_fixed_point_inverts_a_near_critical_block_to_rounding(dtype):
     bijector = residual(DIM, hidden=(32,), lipschitz=0.99)
-    with jax.enable_x64(x64):
-        dtype = jnp.float64 if x64 else jnp.float32
-        params = jax.tree.map(lambda a: 10 * a, perturbed_params(bijector, jax.random.key(6), 1.0))
-        xs = 3 * jax.random.normal(jax.random.key(7), (200, DIM), dtype)
-        zs, _ = jax.jit(jax.vmap(bijector.inverse, in_axes=(None, 0)))(params, xs)
-        back, _ = jax.jit(jax.vmap(bijector.forward, in_axes=(None, 0)))(params, zs)
+    x64 = dtype == "float64"
+    dtype = jnp.dtype(dtype)
+    params = jax.tree.map(lambda a: 10 * a, perturbed_params(bijector, jax.random.key(6), 1.0))
+    xs = 3 * jax.random.normal(jax.random.key(7), (200, DIM), dtype)
+    zs, _ = jax.jit(jax.vmap(bijector.inverse, in_axes=(None, 0)))(params, xs)
+    back, _ = jax.jit(jax.vmap(bijector.forward, in_axes=(None, 0)))(params, zs)
     error = np.max(np.linalg.norm(back - xs, axis=1) / np.linalg.norm(xs, axis=1))
     assert error < (1e-12 if x64 else 3e-5), error
 
 
+@pytest.mark.float64
 def test_fixed_point_tolerance_and_iteration_cap_are_honoured():
     make = functools.partial(residual, DIM, hidden=HIDDEN, activation="tanh", lipschitz=LIPSCHITZ)
-    with jax.enable_x64(True):
-        params, x = jax.tree.map(lambda a: 10 * a, _params(8, 1.0)), jnp.array([1.0, -2.0, 0.5])
-        z, _ = _apply(_block("exact"), "inverse", params, x)
-        loose, _ = make(fixed_point_tol=1e-3).forward(params, z)
-        one_step, _ = make(fixed_point_max_iter=1).forward(params, z)
-        g_of_z = _apply(_block("exact"), "inverse", params, z)[0] - z
+    params, x = jax.tree.map(lambda a: 10 * a, _params(8, 1.0)), jnp.array([1.0, -2.0, 0.5])
+    z, _ = _apply(_block("exact"), "inverse", params, x)
+    loose, _ = make(fixed_point_tol=1e-3).forward(params, z)
+    one_step, _ = make(fixed_point_max_iter=1).forward(params, z)
+    g_of_z = _apply(_block("exact"), "inverse", params, z)[0] - z
     # The step that stops moves by <= tol |x|, so the error is <= tol |x| Lip / (1 - Lip).
     assert 1e-12 < np.linalg.norm(loose - x) <= 1e-3 * np.linalg.norm(loose) * LIPSCHITZ / (1 - LIPSCHITZ)
     np.testing.assert_allclose(one_step, z - g_of_z, rtol=1e-12)
 
 
+@pytest.mark.float64
 def test_forward_derivatives_follow_the_implicit_function_theorem():
     bijector = _block("exact")
 
@@ -228,19 +228,18 @@ def test_forward_derivatives_follow_the_implicit_function_theorem():
         forward = lambda v: bijector.forward(params, v)[0]  # noqa: E731
         return jax.jacfwd(forward)(z), jax.jacrev(forward)(z), jax.grad(loss)(params, z)
 
-    with jax.enable_x64(True):
-        params, z = _params(9, 1.0), jnp.array([0.4, -1.0, 1.7])
-        jacobian_forward, jacobian_reverse, gradient = derivatives(params, z)
-        x, _ = _apply(bijector, "forward", params, z)
-        np.testing.assert_allclose(jacobian_forward @ _explicit_jacobian(bijector, params, x), np.eye(DIM), atol=1e-12)
-        np.testing.assert_allclose(jacobian_reverse, jacobian_forward, atol=1e-12)
+    params, z = _params(9, 1.0), jnp.array([0.4, -1.0, 1.7])
+    jacobian_forward, jacobian_reverse, gradient = derivatives(params, z)
+    x, _ = _apply(bijector, "forward", params, z)
+    np.testing.assert_allclose(jacobian_forward @ _explicit_jacobian(bijector, params, x), np.eye(DIM), atol=1e-12)
+    np.testing.assert_allclose(jacobian_reverse, jacobian_forward, atol=1e-12)
 
-        direction = _float64(perturbed_params(bijector, jax.random.key(10), 1.0))
-        step = 1e-6
-        shifted = [jax.tree.map(lambda p, d, s=s: p + s * step * d, params, direction) for s in (1, -1)]
-        losses = [jnp.sum(jnp.sin(x)) + log_det for x, log_det in (_apply(bijector, "forward", p, z) for p in shifted)]
-        directional = sum(jnp.vdot(g, d) for g, d in zip(jax.tree.leaves(gradient), jax.tree.leaves(direction)))
-        np.testing.assert_allclose(directional, (losses[0] - losses[1]) / (2 * step), rtol=1e-6)
+    direction = _float64(perturbed_params(bijector, jax.random.key(10), 1.0))
+    step = 1e-6
+    shifted = [jax.tree.map(lambda p, d, s=s: p + s * step * d, params, direction) for s in (1, -1)]
+    losses = [jnp.sum(jnp.sin(x)) + log_det for x, log_det in (_apply(bijector, "forward", p, z) for p in shifted)]
+    directional = sum(jnp.vdot(g, d) for g, d in zip(jax.tree.leaves(gradient), jax.tree.leaves(direction)))
+    np.testing.assert_allclose(directional, (losses[0] - losses[1]) / (2 * step), rtol=1e-6)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -280,31 +279,32 @@ def _flat(gradients, batch=()):
 
 def _check_estimator(kind, seed, num_keys, num_probes=1):
     bijector = _block(kind, num_probes)
-    with jax.enable_x64(True):
-        params, x = _near_critical_params(seed), 0.3 * jax.random.normal(jax.random.key(seed + 100), (DIM,))
-        keys = jax.random.split(jax.random.key(seed + 200), num_keys)
-        values, gradients = _estimates_and_gradients(bijector, params, x, keys)
-        gradients = _flat(gradients, (num_keys,))
-        exact, exact_gradient = _reference(params, x)
-        if kind == "series":
-            num_terms = 8
-            truncated, truncated_gradient = _reference(params, x, num_terms)
-            _assert_mean_close(values, truncated)
-            _assert_mean_close(gradients, _flat(truncated_gradient))
-            q = np.linalg.norm(np.asarray(_explicit_jacobian(bijector, params, x)) - np.eye(DIM), 2)
-            bias_bound = DIM * q ** (num_terms + 1) / ((num_terms + 1) * (1 - q))
-            _assert_mean_close(values, exact, extra=bias_bound)
-        else:
-            _assert_mean_close(values, exact)
-            _assert_mean_close(gradients, _flat(exact_gradient))
+    params, x = _near_critical_params(seed), 0.3 * jax.random.normal(jax.random.key(seed + 100), (DIM,))
+    keys = jax.random.split(jax.random.key(seed + 200), num_keys)
+    values, gradients = _estimates_and_gradients(bijector, params, x, keys)
+    gradients = _flat(gradients, (num_keys,))
+    exact, exact_gradient = _reference(params, x)
+    if kind == "series":
+        num_terms = 8
+        truncated, truncated_gradient = _reference(params, x, num_terms)
+        _assert_mean_close(values, truncated)
+        _assert_mean_close(gradients, _flat(truncated_gradient))
+        q = np.linalg.norm(np.asarray(_explicit_jacobian(bijector, params, x)) - np.eye(DIM), 2)
+        bias_bound = DIM * q ** (num_terms + 1) / ((num_terms + 1) * (1 - q))
+        _assert_mean_close(values, exact, extra=bias_bound)
+    else:
+        _assert_mean_close(values, exact)
+        _assert_mean_close(gradients, _flat(exact_gradient))
 
 
+@pytest.mark.float64
 @pytest.mark.parametrize("kind", ["series", "russian_roulette"])
 def test_estimates_and_their_gradients_are_right_on_average(kind):
     _check_estimator(kind, seed=11, num_keys=10_000)
 
 
 @pytest.mark.slow
+@pytest.mark.float64
 @pytest.mark.parametrize("num_probes", [1, 3])
 @pytest.mark.parametrize("kind", ["series", "russian_roulette"])
 @pytest.mark.parametrize("seed", [12, 13, 14, 15])
@@ -316,18 +316,18 @@ def test_estimates_and_their_gradients_are_right_on_average_many_keys(kind, seed
 # Flows
 
 
+@pytest.mark.float64
 def test_a_stack_of_residual_blocks_gives_unbiased_log_probs_with_a_key():
     def flow(kind):
         blocks = jf.stack(residual(DIM, hidden=(8,), lipschitz=LIPSCHITZ, log_det=kind), 2)
         return jf.Flow(jf.standard_normal(DIM), blocks)
 
     exact, roulette = flow("exact"), flow("russian_roulette")
-    with jax.enable_x64(True):
-        params = _float64(perturbed_params(exact, jax.random.key(17), 0.5))
-        samples, _ = jax.jit(roulette.sample_and_log_prob, static_argnums=2)(params, jax.random.key(18), 3)
-        keys = jax.random.split(jax.random.key(19), 2000)
-        estimates = jax.jit(jax.vmap(lambda k: roulette.log_prob(params, samples, key=k)))(keys)
-        _assert_mean_close(estimates, jax.jit(exact.log_prob)(params, samples))
+    params = _float64(perturbed_params(exact, jax.random.key(17), 0.5))
+    samples, _ = jax.jit(roulette.sample_and_log_prob, static_argnums=2)(params, jax.random.key(18), 3)
+    keys = jax.random.split(jax.random.key(19), 2000)
+    estimates = jax.jit(jax.vmap(lambda k: roulette.log_prob(params, samples, key=k)))(keys)
+    _assert_mean_close(estimates, jax.jit(exact.log_prob)(params, samples))
     with pytest.raises(ValueError, match="key"):
         roulette.log_prob(params, samples)
 

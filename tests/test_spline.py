@@ -77,34 +77,34 @@ def _distrax_spline(theta, num_bins, bound, min_size, min_derivative):
     )
 
 
+@pytest.mark.float64
 @pytest.mark.parametrize(
     "num_bins, bound, min_size, min_derivative", [(1, 1.0, 1e-3, 1e-3), (4, 2.0, 1e-2, 0.05), (8, 3.0, 1e-3, 1e-3)]
 )
 def test_matches_distrax(num_bins, bound, min_size, min_derivative):
-    with jax.enable_x64(True):
-        rng = np.random.default_rng(num_bins)
-        spline = rational_quadratic_spline(num_bins, bound, min_size, min_size, min_derivative)
-        theta = _raw_params(rng, spline.num_params)
-        reference = _distrax_spline(theta, num_bins, bound, min_size, min_derivative)
-        knot_kwargs = dict(bound=bound, min_bin_width=min_size, min_bin_height=min_size, min_derivative=min_derivative)
-        knots = spline_knots(jnp.asarray(theta), **knot_kwargs)
-        for ours, theirs in zip(knots, (reference.x_pos, reference.y_pos, reference.knot_slopes)):
-            np.testing.assert_allclose(ours, theirs, rtol=1e-12, atol=1e-12)
+    rng = np.random.default_rng(num_bins)
+    spline = rational_quadratic_spline(num_bins, bound, min_size, min_size, min_derivative)
+    theta = _raw_params(rng, spline.num_params)
+    reference = _distrax_spline(theta, num_bins, bound, min_size, min_derivative)
+    knot_kwargs = dict(bound=bound, min_bin_width=min_size, min_bin_height=min_size, min_derivative=min_derivative)
+    knots = spline_knots(jnp.asarray(theta), **knot_kwargs)
+    for ours, theirs in zip(knots, (reference.x_pos, reference.y_pos, reference.knot_slopes)):
+        np.testing.assert_allclose(ours, theirs, rtol=1e-12, atol=1e-12)
 
-        # Each library evaluated on its own knots: they agree to an ulp, and a knot one ulp
-        # off puts the input in the neighbouring piece.
-        size, pick = len(theta), rng.integers(0, num_bins + 1, len(theta))
-        inside = rng.uniform(-bound, bound, size)
-        tails = rng.choice([-1.0, 1.0], size) * (bound + rng.exponential(3.0, size))
-        for direction, ours, theirs in (("forward", knots[0], reference.x_pos), ("inverse", knots[1], reference.y_pos)):
-            kernel = jax.jit(getattr(spline, direction))
-            reference_kernel = jax.jit(getattr(reference, f"{direction}_and_log_det"))
-            on_knots = [np.asarray(k)[np.arange(size), pick] for k in (ours, theirs)]
-            for x, reference_x in ((inside, inside), tuple(on_knots), (tails, tails)):
-                out, log_det = kernel(jnp.asarray(theta), jnp.asarray(x))
-                expected_out, expected_log_det = reference_kernel(jnp.asarray(reference_x))
-                np.testing.assert_allclose(out, expected_out, rtol=1e-10, atol=1e-10, err_msg=direction)
-                np.testing.assert_allclose(log_det, expected_log_det, rtol=1e-9, atol=1e-9, err_msg=direction)
+    # Each library evaluated on its own knots: they agree to an ulp, and a knot one ulp
+    # off puts the input in the neighbouring piece.
+    size, pick = len(theta), rng.integers(0, num_bins + 1, len(theta))
+    inside = rng.uniform(-bound, bound, size)
+    tails = rng.choice([-1.0, 1.0], size) * (bound + rng.exponential(3.0, size))
+    for direction, ours, theirs in (("forward", knots[0], reference.x_pos), ("inverse", knots[1], reference.y_pos)):
+        kernel = jax.jit(getattr(spline, direction))
+        reference_kernel = jax.jit(getattr(reference, f"{direction}_and_log_det"))
+        on_knots = [np.asarray(k)[np.arange(size), pick] for k in (ours, theirs)]
+        for x, reference_x in ((inside, inside), tuple(on_knots), (tails, tails)):
+            out, log_det = kernel(jnp.asarray(theta), jnp.asarray(x))
+            expected_out, expected_log_det = reference_kernel(jnp.asarray(reference_x))
+            np.testing.assert_allclose(out, expected_out, rtol=1e-10, atol=1e-10, err_msg=direction)
+            np.testing.assert_allclose(log_det, expected_log_det, rtol=1e-9, atol=1e-9, err_msg=direction)
 
 
 # ----- fuzzing: random raw params up to +-50 and inputs inside, on knots, on +-bound and far in the tails -----
@@ -146,9 +146,8 @@ def _assert_log_det(log_det, knots, x, log_tol, ulps=8):
     slope times that rounding.
     """
     eps = np.finfo(x.dtype).eps
-    with jax.enable_x64(True):
-        knots, x = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), (knots, x))
-        expected, slope = (np.asarray(a) for a in log_derivative_and_slope(knots, x))
+    knots, x = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), (knots, x))
+    expected, slope = (np.asarray(a) for a in log_derivative_and_slope(knots, x))
     allowed = log_tol + np.abs(slope) * ulps * eps * (1 + np.abs(np.asarray(x)))
     error = np.abs(np.asarray(log_det, np.float64) - expected)
     assert np.all(error <= allowed), f"log_det != log f'(x): errors {error}, allowed {allowed}"
@@ -208,6 +207,7 @@ def _check_fuzz(dtype, inputs):
     np.testing.assert_allclose(np.asarray(log_det)[on_knots], expected_log_det[on_knots], atol=log_tol)
 
 
+@pytest.mark.float64  # the log-det reference is float64 autodiff, for both dtypes
 @settings(max_examples=50)
 @given(inputs=fuzz_inputs())
 def test_fuzz_finite_invertible_and_exact_log_det(dtype, inputs):
@@ -215,6 +215,7 @@ def test_fuzz_finite_invertible_and_exact_log_det(dtype, inputs):
 
 
 @pytest.mark.slow
+@pytest.mark.float64
 @settings(max_examples=2000)
 @given(inputs=fuzz_inputs())
 def test_fuzz_many_examples(dtype, inputs):
@@ -238,16 +239,16 @@ def test_monotone(dtype):
     assert np.all(steps >= 0) and np.all(back_steps >= 0)
 
 
+@pytest.mark.float64
 def test_inverse_is_accurate_where_the_quadratic_has_negative_b():
     """A flat piece before a steep knot makes b < 0, where 2c / (-b - sqrt(disc)) cancels."""
-    with jax.enable_x64(True):
-        theta = np.full((1, NUM_PARAMS), 9.0)
-        theta[0, NUM_BINS] = 0.0  # the first piece is only min_bin_height tall; its right derivative is ~9
-        knots = knots_of(jnp.asarray(theta))
-        y_lo, y_hi = float(knots[1][0, 0]), float(knots[1][0, 1])
-        y = jnp.asarray(y_lo + (y_hi - y_lo) * np.linspace(0.5, 1.0, 501))[:, None]
-        x, _ = inverse(knots, y)
-        _assert_round_trip_in_y(knots, x, y, ulps=8)
+    theta = np.full((1, NUM_PARAMS), 9.0)
+    theta[0, NUM_BINS] = 0.0  # the first piece is only min_bin_height tall; its right derivative is ~9
+    knots = knots_of(jnp.asarray(theta))
+    y_lo, y_hi = float(knots[1][0, 0]), float(knots[1][0, 1])
+    y = jnp.asarray(y_lo + (y_hi - y_lo) * np.linspace(0.5, 1.0, 501))[:, None]
+    x, _ = inverse(knots, y)
+    _assert_round_trip_in_y(knots, x, y, ulps=8)
 
 
 def test_zero_params_are_the_identity(dtype):

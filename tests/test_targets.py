@@ -73,13 +73,13 @@ def random_points(target, count=4, seed=0):
     return draws[rng.choice(len(draws), count)] + 0.5 * draws.std(axis=0) * rng.standard_normal((count, target.dim))
 
 
+@pytest.mark.float64
 @pytest.mark.parametrize("name", CASES)
 def test_log_density_matches_scipy(name):
     make_target, reference = CASES[name]
     target = make_target()
     points = random_points(target)
-    with jax.enable_x64(True):
-        values = jax.jit(jax.vmap(target.log_density))(jnp.asarray(points))
+    values = jax.jit(jax.vmap(target.log_density))(jnp.asarray(points))
     np.testing.assert_allclose(values, [reference(p) for p in points], rtol=1e-9, atol=1e-9)
     values32 = jax.vmap(target.log_density)(jnp.asarray(points, jnp.float32))
     assert values32.dtype == jnp.float32
@@ -137,6 +137,7 @@ def test_reference_draws_load(key, shape):
     assert draws.shape == shape and draws.dtype == np.float64 and np.isfinite(draws).all()
 
 
+@pytest.mark.float64
 @needs_data
 @pytest.mark.parametrize("name", CASES)
 def test_mean_score_vanishes_on_the_reference_draws(name):
@@ -144,8 +145,7 @@ def test_mean_score_vanishes_on_the_reference_draws(name):
     target = CASES[name][0]()
     draws = targets.reference_draws(target.reference_key)
     assert draws.shape[1] == target.dim == len(target.labels)
-    with jax.enable_x64(True):
-        scores = np.asarray(jax.jit(jax.vmap(jax.grad(target.log_density)))(jnp.asarray(draws)))
+    scores = np.asarray(jax.jit(jax.vmap(jax.grad(target.log_density)))(jnp.asarray(draws)))
     standard_error = scores.std(axis=0) / np.sqrt(len(draws) / 2)  # effective size: half, for MCMC draws
     assert (np.abs(scores.mean(axis=0)) < 4.5 * standard_error).all()  # a dropped log-Jacobian fails this
 

@@ -33,7 +33,6 @@ Networks, https://arxiv.org/abs/1811.00995
 
 from __future__ import annotations
 
-import jax
 import jax.numpy as jnp
 
 DEFAULT_NUM_SQUARINGS = 8

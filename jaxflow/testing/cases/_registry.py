@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Callable
 
 import jax
@@ -38,3 +39,27 @@ def perturbed_params(bijector, key, scale: float):
 def normal_input(key, shape, scale: float):
     """`scale * N(0, 1)` of `shape` in the default float dtype."""
     return scale * jax.random.normal(key, shape)
+
+
+def bijector_case(
+    make: Callable, *, shape=(4,), context_dim: int | None = None, input_map: Callable | None = None,
+    perturb: Callable = perturbed_params,
+) -> Callable:
+    """A case for the bijector `make()`.
+
+    Params are `perturb(bijector, key, param_scale)`, the input is normal of `shape` mapped
+    into the bijector's domain by `input_map`, and a conditional case (`context_dim`) gets
+    a normal context. `make` runs once per case, so compiled checks keyed on the bijector
+    are reused across calls.
+    """
+    make = functools.cache(make)
+
+    def case(key, *, param_scale=0.3, input_scale=1.0):
+        bijector = make()
+        params_key, x_key, context_key = jax.random.split(key, 3)
+        x = normal_input(x_key, shape, input_scale)
+        context = None if context_dim is None else normal_input(context_key, (context_dim,), 1.0)
+        params = perturb(bijector, params_key, param_scale)
+        return bijector, params, x if input_map is None else input_map(x), context
+
+    return case

@@ -2,31 +2,15 @@
 
 from __future__ import annotations
 
-import functools
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from jaxflow import bijectors as jb
-from jaxflow.testing.cases._registry import normal_input, perturbed_params, register
+from jaxflow.testing.cases._registry import bijector_case, normal_input, perturbed_params, register
 
 DIM = 4
 IMAGE = (2, 3, 3)
-
-
-def _simple(make, shape=(DIM,), input_map=None):
-    """A case for `make()` with perturbed params on a normal input (optionally mapped into the domain)."""
-
-    make = functools.cache(make)  # one bijector object per case: compiled checks are reused
-
-    def case(key, *, param_scale=0.3, input_scale=1.0):
-        bijector = make()
-        params_key, x_key = jax.random.split(key)
-        x = normal_input(x_key, shape, input_scale)
-        return bijector, perturbed_params(bijector, params_key, param_scale), x if input_map is None else input_map(x), None
-
-    return case
 
 
 for _name, _make in {
@@ -57,19 +41,16 @@ for _name, _make in {
     ),
     "invert_affine_coupling": lambda: jb.invert(jb.affine_coupling(DIM, hidden=(8,))),
 }.items():
-    register(_name)(_simple(_make))
+    register(_name)(bijector_case(_make))
 
-register("logit")(_simple(lambda: jb.logit(DIM), input_map=jax.nn.sigmoid))
-register("lu_linear_image")(_simple(lambda: jb.lu_linear(IMAGE), shape=IMAGE))
-register("actnorm_image")(_simple(lambda: jb.actnorm(IMAGE), shape=IMAGE))
+register("logit")(bijector_case(lambda: jb.logit(DIM), input_map=jax.nn.sigmoid))
+register("lu_linear_image")(bijector_case(lambda: jb.lu_linear(IMAGE), shape=IMAGE))
+register("actnorm_image")(bijector_case(lambda: jb.actnorm(IMAGE), shape=IMAGE))
 
 
-@register("affine_coupling_conditional")
-def _conditional_coupling(key, *, param_scale=0.3, input_scale=1.0):
-    bijector = jb.affine_coupling(DIM, hidden=(8,), context_dim=2)
-    params_key, x_key, context_key = jax.random.split(key, 3)
-    context = jax.random.normal(context_key, (2,))
-    return bijector, perturbed_params(bijector, params_key, param_scale), normal_input(x_key, (DIM,), input_scale), context
+register("affine_coupling_conditional")(
+    bijector_case(lambda: jb.affine_coupling(DIM, hidden=(8,), context_dim=2), context_dim=2)
+)
 
 
 @register("freeze")

@@ -10,27 +10,13 @@ float64 tolerance would hide a solver that stops early.
 
 from __future__ import annotations
 
-import functools
 
-import jax
 
 from jaxflow.bijectors.planar import planar, radial
 from jaxflow.bijectors.sylvester import sylvester
-from jaxflow.testing.cases._registry import normal_input, perturbed_params, register
+from jaxflow.testing.cases._registry import bijector_case, register
 
 DIM = 4
-
-
-def _case(make):
-    make = functools.cache(make)  # one bijector object per case: compiled checks are reused
-
-    def case(key, *, param_scale=0.3, input_scale=1.0):
-        bijector = make()
-        params_key, x_key = jax.random.split(key)
-        params = perturbed_params(bijector, params_key, param_scale)
-        return bijector, params, normal_input(x_key, (DIM,), input_scale), None
-
-    return case
 
 
 for _name, _make in {
@@ -41,4 +27,4 @@ for _name, _make in {
     "sylvester_householder": lambda: sylvester(DIM, variant="householder", num_householder=3),
     "sylvester_triangular": lambda: sylvester(DIM, variant="triangular"),
 }.items():
-    register(_name)(_case(_make))
+    register(_name)(bijector_case(_make))

@@ -17,10 +17,9 @@ from __future__ import annotations
 import functools
 import math
 
-import jax
 
 from jaxflow.bijectors.residual import DEFAULT_NUM_SERIES_TERMS, residual
-from jaxflow.testing.cases._registry import normal_input, perturbed_params, register
+from jaxflow.testing.cases._registry import bijector_case, register
 
 DIM = 3
 CONTEXT_DIM = 2
@@ -44,19 +43,6 @@ def single_estimate_error_bound(dim: int, lipschitz: float, num_terms: int, stop
     return dim * (head + tail - math.log1p(-lipschitz))
 
 
-def _case(make, context_dim=None):
-    make = functools.cache(make)  # one bijector object per case: compiled checks are reused
-
-    def case(key, *, param_scale=0.3, input_scale=1.0):
-        bijector = make()
-        params_key, x_key, context_key = jax.random.split(key, 3)
-        params = perturbed_params(bijector, params_key, param_scale)
-        context = None if context_dim is None else normal_input(context_key, (context_dim,), 1.0)
-        return bijector, params, normal_input(x_key, (DIM,), input_scale), context
-
-    return case
-
-
 def _stochastic(log_det):
     return residual(DIM, hidden=HIDDEN, lipschitz=STOCHASTIC_LIPSCHITZ, log_det=log_det, roulette_stop_probability=0.5)
 
@@ -66,9 +52,9 @@ def _tolerance(log_det):
     return single_estimate_error_bound(DIM, STOCHASTIC_LIPSCHITZ, DEFAULT_NUM_SERIES_TERMS[log_det], stop_probability)
 
 
-register("residual_exact")(_case(lambda: residual(DIM, hidden=HIDDEN)))
+register("residual_exact")(bijector_case(lambda: residual(DIM, hidden=HIDDEN)))
 register("residual_conditional_exact")(
-    _case(lambda: residual(DIM, hidden=HIDDEN, context_dim=CONTEXT_DIM), context_dim=CONTEXT_DIM)
+    bijector_case(lambda: residual(DIM, hidden=HIDDEN, context_dim=CONTEXT_DIM), context_dim=CONTEXT_DIM)
 )
 for _log_det in ("series", "russian_roulette"):
-    register(f"residual_{_log_det}", log_det_tol=_tolerance(_log_det))(_case(functools.partial(_stochastic, _log_det)))
+    register(f"residual_{_log_det}", log_det_tol=_tolerance(_log_det))(bijector_case(functools.partial(_stochastic, _log_det)))
