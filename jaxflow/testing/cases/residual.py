@@ -52,9 +52,9 @@ def _tolerance(log_det):
     return single_estimate_error_bound(DIM, STOCHASTIC_LIPSCHITZ, DEFAULT_NUM_SERIES_TERMS[log_det], stop_probability)
 
 
-register("residual_exact")(bijector_case(lambda: residual(DIM, hidden=HIDDEN)))
+register("residual_exact")(bijector_case(lambda: residual(DIM, hidden=HIDDEN), shape=(DIM,)))
 register("residual_conditional_exact")(
-    bijector_case(lambda: residual(DIM, hidden=HIDDEN, context_dim=CONTEXT_DIM), context_dim=CONTEXT_DIM)
+    bijector_case(lambda: residual(DIM, hidden=HIDDEN, context_dim=CONTEXT_DIM), shape=(DIM,), context_dim=CONTEXT_DIM)
 )
 for _log_det in ("series", "russian_roulette"):
-    register(f"residual_{_log_det}", log_det_tol=_tolerance(_log_det))(bijector_case(functools.partial(_stochastic, _log_det)))
+    register(f"residual_{_log_det}", log_det_tol=_tolerance(_log_det))(bijector_case(functools.partial(_stochastic, _log_det), shape=(DIM,)))
