@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from jaxflow.testing import CASES, TOLERANCES, check_bijector
+from jaxflow.testing import CASES, check_bijector, tolerances_for
 
 NAMES = sorted(CASES)
 # All tests of one case run on the same xdist worker (`--dist loadgroup`), so the kit's compiled
@@ -17,7 +17,7 @@ GROUPED = [pytest.param(name, marks=pytest.mark.xdist_group(name)) for name in N
 
 def run_case(name, seed, param_scale=0.3, input_scale=1.0):
     bijector, params, x, context = CASES[name](jax.random.key(seed), param_scale=param_scale, input_scale=input_scale)
-    check_bijector(bijector, params, x, context, **TOLERANCES.get(name, {}))
+    check_bijector(bijector, params, x, context, **tolerances_for(name, x.dtype))
     return x
 
 

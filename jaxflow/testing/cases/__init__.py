@@ -7,10 +7,14 @@ bijector joins with one registered function (or one line in a family's table).
 import importlib
 import pkgutil
 
-from jaxflow.testing.cases._registry import CASES, TOLERANCES, normal_input, perturbed_params, register
+from jaxflow.testing.cases._registry import (
+    CASES, TOLERANCES, bijector_case, normal_input, perturbed_params, register, tolerances_for,
+)
 
 for _module in pkgutil.iter_modules(__path__):
     if not _module.name.startswith("_"):
         importlib.import_module(f"{__name__}.{_module.name}")
 
-__all__ = ["CASES", "TOLERANCES", "normal_input", "perturbed_params", "register"]
+__all__ = [
+    "CASES", "TOLERANCES", "bijector_case", "normal_input", "perturbed_params", "register", "tolerances_for",
+]

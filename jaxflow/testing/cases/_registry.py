@@ -13,7 +13,11 @@ TOLERANCES: dict[str, dict] = {}
 
 
 def register(name: str, **tolerances) -> Callable:
-    """Decorator adding a case; `tolerances` are passed on to `check_bijector` (tol, log_det_tol)."""
+    """Decorator adding a case; `tolerances` are passed on to `check_bijector` (tol, log_det_tol).
+
+    A tolerance is a number, or a `{dtype name: number}` dict for one that differs by dtype
+    (dtypes not named keep the kit's default); `tolerances_for` resolves them.
+    """
 
     def add(case: Callable) -> Callable:
         if name in CASES:
@@ -24,6 +28,18 @@ def register(name: str, **tolerances) -> Callable:
         return case
 
     return add
+
+
+def tolerances_for(name: str, dtype) -> dict:
+    """The `check_bijector` tolerances of case `name` for inputs of `dtype`."""
+    dtype = jnp.dtype(dtype).name
+    resolved = {}
+    for key, value in TOLERANCES.get(name, {}).items():
+        if not isinstance(value, dict):
+            resolved[key] = value
+        elif dtype in value:
+            resolved[key] = value[dtype]
+    return resolved
 
 
 def perturbed_params(bijector, key, scale: float):
