@@ -4,7 +4,9 @@ Each builder returns a `Model(params, log_prob, sample)`:
   log_prob(params, x (n, dim)) -> (n,)     sample(params, key, n) -> (n, dim)
 Models: realnvp (affine couplings + random permutations), maf (affine MADE layers),
 nsf (rational-quadratic spline couplings + random permutations); all with MLPs of
-`hidden` widths. A library that cannot express a model has no builder for it.
+`hidden` widths. jaxflow also builds every other ready-made flow of `jaxflow.flows`
+(nice, iaf, nsf_autoregressive, flowpp, residual, planar, radial, sylvester), which
+no peer expresses. A library that cannot express a model has no builder for it.
 """
 
 from __future__ import annotations
@@ -33,13 +35,20 @@ def _jaxflow(flow, key) -> Model:
 
 
 def jaxflow_model(name, key, dim, layers, hidden, bins=8) -> Model:
-    if name == "realnvp":
-        return _jaxflow(flows.realnvp(dim, layers=layers, hidden=hidden), key)
-    if name == "maf":
-        return _jaxflow(flows.maf(dim, layers=layers, hidden=hidden, permute="reverse"), key)
-    if name == "nsf":
-        return _jaxflow(flows.nsf_coupling(dim, layers=layers, hidden=hidden, bins=bins, bound=4.0), key)
-    raise KeyError(name)
+    builders = {
+        "realnvp": lambda: flows.realnvp(dim, layers=layers, hidden=hidden),
+        "maf": lambda: flows.maf(dim, layers=layers, hidden=hidden, permute="reverse"),
+        "nsf": lambda: flows.nsf_coupling(dim, layers=layers, hidden=hidden, bins=bins, bound=4.0),
+        "nice": lambda: flows.nice(dim, layers=layers, hidden=hidden),
+        "iaf": lambda: flows.iaf(dim, layers=layers, hidden=hidden, permute="reverse"),
+        "nsf_autoregressive": lambda: flows.nsf_autoregressive(dim, layers=layers, hidden=hidden, bins=bins, bound=4.0),
+        "flowpp": lambda: flows.flowpp(dim, layers=layers, hidden=hidden, components=bins),
+        "residual": lambda: flows.residual_flow(dim, layers=layers, hidden=hidden),
+        "planar": lambda: flows.planar_flow(dim, layers=layers),
+        "radial": lambda: flows.radial_flow(dim, layers=layers),
+        "sylvester": lambda: flows.sylvester_flow(dim, layers=layers),
+    }
+    return _jaxflow(builders[name](), key)
 
 
 # flowjax -------------------------------------------------------------------------------------

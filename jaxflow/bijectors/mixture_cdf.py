@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jaxflow.bijectors import root_finding, transformers
 from jaxflow.bijectors.transformers import Transformer
@@ -44,19 +45,32 @@ from jaxflow.bijectors.transformers import Transformer
 _DIRECTIONS = ("inverse", "forward")
 
 
+def component_rates(num_components: int) -> np.ndarray:
+    """Fixed factors in [0.5, 1.5], one per component, on its raw mean and log-scale.
+
+    With zero-initialised conditioners every component starts equal and the loss is
+    symmetric in them: their gradients stay equal under SGD and Adam alike, and the
+    mixture never becomes more than one logistic (an affine map). Distinct rates keep
+    theta = 0 the identity and the function class unchanged, but move the components
+    apart from the first step.
+    """
+    return np.linspace(0.5, 1.5, num_components) if num_components > 1 else np.ones(1)
+
+
 def mixture_components(theta, *, max_log_scale: float = 7.0):
     """Component log-weights, means and log-scales from raw params.
 
     Args:
-      theta: (..., 3K) raw params: logits, means, raw log-scales.
+      theta: (..., 3K) raw params: logits, raw means, raw log-scales.
       max_log_scale: bound B on |log s|.
 
     Returns:
       `(log_weights, means, log_scales)`, each (..., K).
     """
-    logits, means, raw_log_scales = jnp.split(theta, 3, axis=-1)
-    log_scales = max_log_scale * jnp.tanh(raw_log_scales / max_log_scale)
-    return jax.nn.log_softmax(logits, axis=-1), means, log_scales
+    logits, raw_means, raw_log_scales = jnp.split(theta, 3, axis=-1)
+    rates = jnp.asarray(component_rates(logits.shape[-1]), theta.dtype)
+    log_scales = max_log_scale * jnp.tanh(rates * raw_log_scales / max_log_scale)
+    return jax.nn.log_softmax(logits, axis=-1), rates * raw_means, log_scales
 
 
 def logit_mixture_cdf(log_weights, means, log_scales, x):
