@@ -84,6 +84,12 @@ def test_stack_params_without_the_layer_axis():
         bijector.forward(jb.shift(DIM).init(None), jnp.zeros(DIM))
 
 
+@pytest.mark.parametrize("num_layers", [0, 2.5, True, "4"])
+def test_stack_needs_a_positive_integer_number_of_layers(num_layers):
+    with pytest.raises(ValueError, match="integer num_layers >= 1"):
+        jf.stack(jb.shift(DIM), num_layers)
+
+
 def test_stochastic_bijector_without_a_key():
     def noisy(params, x, context=None, *, key):
         return x, jax.random.normal(key, ())

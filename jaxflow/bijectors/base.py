@@ -21,6 +21,7 @@ from typing import Any, Callable, NamedTuple, Protocol
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jaxflow import validation
 
@@ -171,8 +172,8 @@ def stack(layer: Bijector | Callable[[Any], Bijector], num_layers: int, *, const
         alongside the params but are configuration, never params.
       name: used in error messages (defaults to `stack(<layer name>)`).
     """
-    if num_layers < 1:
-        raise ValueError(f"stack needs num_layers >= 1, got {num_layers}")
+    if isinstance(num_layers, bool) or not isinstance(num_layers, (int, np.integer)) or num_layers < 1:
+        raise ValueError(f"stack needs an integer num_layers >= 1, got {num_layers!r}")
     if constants is None:
         build = lambda _: layer  # noqa: E731
     else:
