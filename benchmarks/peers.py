@@ -59,6 +59,8 @@ def flowjax_model(name, key, dim, layers, hidden, bins=8) -> Model:
     from flowjax.distributions import Normal
     from flowjax.flows import coupling_flow, masked_autoregressive_flow
 
+    if name not in ("realnvp", "maf", "nsf"):
+        raise KeyError(name)
     if len(set(hidden)) != 1:
         raise ValueError("flowjax uses one width for every hidden layer")
     common = dict(base_dist=Normal(jnp.zeros(dim)), flow_layers=layers, nn_width=hidden[0], nn_depth=len(hidden))
