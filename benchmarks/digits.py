@@ -54,7 +54,7 @@ def fit_flowjax(model_name, train, args):
         jax.random.key(1), flow, train, learning_rate=args.learning_rate, max_epochs=args.epochs,
         max_patience=args.epochs, batch_size=args.batch_size, val_prop=args.validation, show_progress=False,
     )
-    return flow.log_prob
+    return lambda x: flow.log_prob(x)  # a bound method of an equinox module is not hashable for jit
 
 
 def _flowjax_flow(model_name, dim):

@@ -2,7 +2,7 @@
 
 Each builder returns a `Model(params, log_prob, sample)`:
   log_prob(params, x (n, dim)) -> (n,)     sample(params, key, n) -> (n, dim)
-Models: realnvp (affine couplings + random permutations), maf (affine MADE layers),
+Models: realnvp (affine couplings + random permutations), maf (affine MADE layers + random permutations),
 nsf (rational-quadratic spline couplings + random permutations); all with MLPs of
 `hidden` widths. jaxflow also builds every other ready-made flow of `jaxflow.flows`
 (nice, iaf, nsf_autoregressive, flowpp, residual, planar, radial, sylvester), which
@@ -37,10 +37,10 @@ def _jaxflow(flow, key) -> Model:
 def jaxflow_model(name, key, dim, layers, hidden, bins=8) -> Model:
     builders = {
         "realnvp": lambda: flows.realnvp(dim, layers=layers, hidden=hidden),
-        "maf": lambda: flows.maf(dim, layers=layers, hidden=hidden, permute="reverse"),
+        "maf": lambda: flows.maf(dim, layers=layers, hidden=hidden),
         "nsf": lambda: flows.nsf_coupling(dim, layers=layers, hidden=hidden, bins=bins, bound=4.0),
         "nice": lambda: flows.nice(dim, layers=layers, hidden=hidden),
-        "iaf": lambda: flows.iaf(dim, layers=layers, hidden=hidden, permute="reverse"),
+        "iaf": lambda: flows.iaf(dim, layers=layers, hidden=hidden),
         "nsf_autoregressive": lambda: flows.nsf_autoregressive(dim, layers=layers, hidden=hidden, bins=bins, bound=4.0),
         "flowpp": lambda: flows.flowpp(dim, layers=layers, hidden=hidden, components=bins),
         "residual": lambda: flows.residual_flow(dim, layers=layers, hidden=hidden),

@@ -16,7 +16,7 @@ def _autoregressive_flow(layer_fn, dim, transformer, *, layers, hidden, context_
     return vector_flow(permuted_stack(make_layer, dim, layers, permute=permute, seed=seed), dim, context_dim)
 
 
-def maf(dim: int, *, layers: int = 5, hidden: Sequence[int] = (128, 128), context_dim: int | None = None, permute: str = "reverse", seed: int = 0) -> Flow:
+def maf(dim: int, *, layers: int = 5, hidden: Sequence[int] = (128, 128), context_dim: int | None = None, permute: str = "random", seed: int = 0) -> Flow:
     """Masked autoregressive flow (affine): one-pass density, `dim`-pass sampling.
 
     References: Papamakarios et al. (2017), https://arxiv.org/abs/1705.07057
@@ -24,7 +24,7 @@ def maf(dim: int, *, layers: int = 5, hidden: Sequence[int] = (128, 128), contex
     return _autoregressive_flow(masked_autoregressive, dim, transformers.affine(), layers=layers, hidden=hidden, context_dim=context_dim, permute=permute, seed=seed)
 
 
-def iaf(dim: int, *, layers: int = 5, hidden: Sequence[int] = (128, 128), context_dim: int | None = None, permute: str = "reverse", seed: int = 0) -> Flow:
+def iaf(dim: int, *, layers: int = 5, hidden: Sequence[int] = (128, 128), context_dim: int | None = None, permute: str = "random", seed: int = 0) -> Flow:
     """Inverse autoregressive flow (affine): one-pass sampling with its density, `dim`-pass density of data.
 
     The flow for variational inference and for distillation students.
@@ -36,7 +36,7 @@ def iaf(dim: int, *, layers: int = 5, hidden: Sequence[int] = (128, 128), contex
 
 def nsf_autoregressive(
     dim: int, *, layers: int = 5, hidden: Sequence[int] = (128, 128), bins: int = 8, bound: float = 4.0,
-    context_dim: int | None = None, permute: str = "reverse", seed: int = 0, inverse: bool = False,
+    context_dim: int | None = None, permute: str = "random", seed: int = 0, inverse: bool = False,
 ) -> Flow:
     """Autoregressive neural spline flow; `inverse=True` gives the IAF orientation (fast sampling).
 
