@@ -62,6 +62,8 @@ CASES = {
     "eight_schools_centered": (targets.eight_schools_centered, eight_schools_reference),
     "arK": (targets.ark, ark_reference),
 }
+# posteriordb models read their data from shared/data/posteriors.
+NAMES = [pytest.param(name, marks=needs_data) if name in ("eight_schools_centered", "arK") else name for name in CASES]
 
 
 def random_points(target, count=4, seed=0):
@@ -74,7 +76,7 @@ def random_points(target, count=4, seed=0):
 
 
 @pytest.mark.float64
-@pytest.mark.parametrize("name", CASES)
+@pytest.mark.parametrize("name", NAMES)
 def test_log_density_matches_scipy(name):
     make_target, reference = CASES[name]
     target = make_target()
@@ -83,7 +85,7 @@ def test_log_density_matches_scipy(name):
     np.testing.assert_allclose(values, [reference(p) for p in points], rtol=1e-9, atol=1e-9)
 
 
-@pytest.mark.parametrize("name", CASES)
+@pytest.mark.parametrize("name", NAMES)
 def test_log_density_in_float32_stays_float32_and_close(name):
     make_target, reference = CASES[name]
     target = make_target()
@@ -93,7 +95,7 @@ def test_log_density_in_float32_stays_float32_and_close(name):
     np.testing.assert_allclose(values, [reference(p) for p in points], rtol=2e-4, atol=1e-3)
 
 
-@pytest.mark.parametrize("name", CASES)
+@pytest.mark.parametrize("name", NAMES)
 def test_gradient_is_finite(name):
     target = CASES[name][0]()
     gradients = jax.vmap(jax.grad(target.log_density))(jnp.asarray(random_points(target, 16, seed=1), jnp.float32))
@@ -146,7 +148,7 @@ def test_reference_draws_load(key, shape):
 
 @pytest.mark.float64
 @needs_data
-@pytest.mark.parametrize("name", CASES)
+@pytest.mark.parametrize("name", NAMES)
 def test_mean_score_vanishes_on_the_reference_draws(name):
     """E_p[grad log p] = 0: the draws and the density agree, Jacobian terms and coordinate order included."""
     target = CASES[name][0]()
@@ -158,7 +160,7 @@ def test_mean_score_vanishes_on_the_reference_draws(name):
 
 
 @needs_data
-@pytest.mark.parametrize("name", CASES)
+@pytest.mark.parametrize("name", NAMES)
 def test_reference_draws_are_denser_than_shifted_draws(name):
     target = CASES[name][0]()
     draws = targets.reference_draws(target.reference_key)[:2000]

@@ -217,12 +217,13 @@ def _split_checkerboard(keep: np.ndarray) -> _Split:
 def glow_step(
     shape,
     *,
+    transformer: transformers.Transformer | None = None,
     hidden_channels: int = 64,
     num_blocks: int = 2,
     lu: bool = True,
     context_dim: int | None = None,
 ) -> Bijector:
-    """One step of Glow: actnorm, an invertible 1x1 convolution, an affine channel coupling.
+    """One step of Glow: actnorm, an invertible 1x1 convolution, a channel coupling.
 
     The three apply in that order in the data -> base (`inverse`) direction, as in Glow,
     so the data-dependent init of actnorm standardises what enters the step. Starts at
@@ -230,6 +231,8 @@ def glow_step(
 
     Args:
       shape: the event shape (H, W, C), C >= 2.
+      transformer: the coupling's element-wise map; None for `transformers.affine()`,
+        Glow's affine coupling (`transformers.additive()` gives its additive one).
       hidden_channels, num_blocks: size of the coupling's CNN conditioner.
       lu: LU-parametrised 1x1 convolution (`lu_linear`), else a plain one (`linear`).
       context_dim: size of the context vector for a conditional step.
@@ -240,6 +243,7 @@ def glow_step(
     """
     shape = _image_shape("glow_step", shape)
     network = dict(hidden_channels=hidden_channels, num_blocks=num_blocks, context_dim=context_dim)
-    coupling = image_coupling(shape, transformers.affine(), mask="channel", **network)
+    transformer = transformers.affine() if transformer is None else transformer
+    coupling = image_coupling(shape, transformer, mask="channel", **network)
     mixing = lu_linear(shape) if lu else linear(shape)
     return chain(coupling, mixing, actnorm(shape), name="glow_step")

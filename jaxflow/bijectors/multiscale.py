@@ -54,6 +54,7 @@ def multiscale(
     *,
     levels: int,
     steps_per_level: int,
+    transformer: transformers.Transformer | None = None,
     hidden_channels: int = 64,
     num_blocks: int = 2,
     lu: bool = True,
@@ -71,6 +72,7 @@ def multiscale(
       shape: (H, W, C); H and W divisible by 2^levels.
       levels: number of scales (>= 1).
       steps_per_level: Glow steps per scale (>= 1).
+      transformer: the element-wise map of the steps' couplings; None for affine (see `glow_step`).
       hidden_channels, num_blocks: size of every coupling's CNN conditioner.
       lu: LU-parametrised 1x1 convolutions, else plain ones.
       learned_prior: if True, the factored-out channels get Glow's learned prior
@@ -98,7 +100,8 @@ def multiscale(
     def level(level_shape, depth):
         height, width, channels = level_shape
         squeezed = (height // 2, width // 2, 4 * channels)
-        steps = stack(glow_step(squeezed, lu=lu, **network), steps_per_level, name=f"level{depth}_steps")
+        step = glow_step(squeezed, transformer=transformer, lu=lu, **network)
+        steps = stack(step, steps_per_level, name=f"level{depth}_steps")
         parts = [squeeze(level_shape)]  # in forward order: the level's latent enters here
         if depth < levels:
             parts.append(factor_out(level((height // 2, width // 2, 2 * channels), depth + 1), squeezed))

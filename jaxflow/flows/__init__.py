@@ -4,11 +4,12 @@ from jaxflow.flows.autoregressive import iaf, maf, nsf_autoregressive
 from jaxflow.flows.coupling import nice, nsf_coupling, realnvp
 from jaxflow.flows.flowpp import flowpp
 from jaxflow.flows.free_form import planar_flow, radial_flow, sylvester_flow
+from jaxflow.flows.glow import glow
 from jaxflow.flows.residual import residual_flow
 
 nsf = nsf_coupling
 
 __all__ = [
-    "flowpp", "iaf", "maf", "nice", "nsf", "nsf_autoregressive", "nsf_coupling", "planar_flow", "radial_flow",
+    "flowpp", "glow", "iaf", "maf", "nice", "nsf", "nsf_autoregressive", "nsf_coupling", "planar_flow", "radial_flow",
     "realnvp", "residual_flow", "sylvester_flow",
 ]
