@@ -118,8 +118,7 @@ def test_plot_writes_a_png(resumed, data, tmp_path):
 
 def test_console_script_is_installed():
     script = Path(sys.executable).parent / "jaxflow"
-    if not script.exists():
-        pytest.skip(f"no console script next to {sys.executable} (package not installed)")
+    assert script.exists(), f"no console script next to {sys.executable}: install the package (make install)"
     result = run("--version", command=[str(script)])
     assert result.returncode == 0 and result.stdout.startswith("jaxflow "), result.stderr
 
