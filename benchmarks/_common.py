@@ -46,10 +46,14 @@ def compile_seconds(fn, *args, repeats: int = 3) -> float:
 
 
 def markdown_table(rows: list[dict], columns: list[str]) -> str:
-    """Rows of dicts as a markdown table; floats get 3 significant digits."""
+    """Rows of dicts as a markdown table; floats get 3 significant digits, shapes read like 8x8x1."""
 
     def cell(value):
-        return f"{value:.3g}" if isinstance(value, float) else str(value)
+        if isinstance(value, float):
+            return f"{value:.3g}"
+        if isinstance(value, tuple):
+            return "x".join(str(size) for size in value)
+        return str(value)
 
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join(cell(row.get(c, "")) for c in columns) + " |" for row in rows]

@@ -1,17 +1,18 @@
 """The same models in jaxflow, distrax and flowjax, for timing identical work.
 
-Each builder returns a `Model(params, log_prob, sample)`:
-  log_prob(params, x (n, dim)) -> (n,)     sample(params, key, n) -> (n, dim)
-Models: realnvp (affine couplings + random permutations), maf (affine MADE layers + random permutations),
-nsf (rational-quadratic spline couplings + random permutations); all with MLPs of
-`hidden` widths. jaxflow also builds every other ready-made flow of `jaxflow.flows`
-(nice, iaf, nsf_autoregressive, flowpp, residual, planar, radial, sylvester), which
-no peer expresses. A library that cannot express a model has no builder for it.
+Each builder returns a `Model(params, log_prob, sample)` on events of one shape:
+  log_prob(params, x (n, *event_shape)) -> (n,)     sample(params, key, n) -> (n, *event_shape)
+Vector models, on events of shape (dim,): realnvp (affine couplings + random permutations), maf
+(affine MADE layers + random permutations), nsf (rational-quadratic spline couplings + random
+permutations); all with MLPs of `hidden` widths. jaxflow also builds every other ready-made flow of
+`jaxflow.flows`: the vector flows nice, iaf, nsf_autoregressive, flowpp, residual, planar, radial and
+sylvester, and Glow on images of shape (H, W, C), none of which a peer expresses.
 """
 
 from __future__ import annotations
 
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -19,6 +20,7 @@ import numpy as np
 
 from jaxflow import flows
 from jaxflow.bijectors import random_permutations
+from jaxflow.bijectors._checks import as_shape
 from jaxflow.conditioners import MLP
 
 
@@ -28,39 +30,57 @@ class Model(NamedTuple):
     sample: Callable
 
 
+def vector_dim(event_shape) -> int:
+    """The size of a vector event shape (dim,); an int is read as (dim,)."""
+    shape = as_shape(event_shape)
+    if len(shape) != 1:
+        raise ValueError(f"a flow on vectors needs an event shape (dim,), got {shape}.")
+    return shape[0]
+
+
 # jaxflow -------------------------------------------------------------------------------------
 
-def _jaxflow(flow, key) -> Model:
+_JAXFLOW_VECTOR_FLOWS = {
+    "realnvp": lambda dim, layers, hidden, bins: flows.realnvp(dim, layers=layers, hidden=hidden),
+    "maf": lambda dim, layers, hidden, bins: flows.maf(dim, layers=layers, hidden=hidden),
+    "nsf": lambda dim, layers, hidden, bins: flows.nsf_coupling(dim, layers=layers, hidden=hidden, bins=bins, bound=4.0),
+    "nice": lambda dim, layers, hidden, bins: flows.nice(dim, layers=layers, hidden=hidden),
+    "iaf": lambda dim, layers, hidden, bins: flows.iaf(dim, layers=layers, hidden=hidden),
+    "nsf_autoregressive": lambda dim, layers, hidden, bins: flows.nsf_autoregressive(
+        dim, layers=layers, hidden=hidden, bins=bins, bound=4.0),
+    "flowpp": lambda dim, layers, hidden, bins: flows.flowpp(dim, layers=layers, hidden=hidden, components=bins),
+    "residual": lambda dim, layers, hidden, bins: flows.residual_flow(dim, layers=layers, hidden=hidden),
+    "planar": lambda dim, layers, hidden, bins: flows.planar_flow(dim, layers=layers),
+    "radial": lambda dim, layers, hidden, bins: flows.radial_flow(dim, layers=layers),
+    "sylvester": lambda dim, layers, hidden, bins: flows.sylvester_flow(dim, layers=layers),
+}
+# Built as `builder(image_shape, **config)`, with the builder's own keyword arguments as config.
+_JAXFLOW_IMAGE_FLOWS = {"glow": flows.glow}
+
+
+def jaxflow_model(name, key, event_shape, *args, **config) -> Model:
+    """A vector flow from (layers, hidden, bins=8), or an image flow from its builder's keyword arguments."""
+    if name in _JAXFLOW_IMAGE_FLOWS:
+        flow = _JAXFLOW_IMAGE_FLOWS[name](as_shape(event_shape), *args, **config)
+    else:
+        flow = _jaxflow_vector_flow(name, vector_dim(event_shape), *args, **config)
     return Model(flow.init(key), flow.log_prob, lambda params, key, n: flow.sample(params, key, (n,)))
 
 
-def jaxflow_model(name, key, dim, layers, hidden, bins=8) -> Model:
-    builders = {
-        "realnvp": lambda: flows.realnvp(dim, layers=layers, hidden=hidden),
-        "maf": lambda: flows.maf(dim, layers=layers, hidden=hidden),
-        "nsf": lambda: flows.nsf_coupling(dim, layers=layers, hidden=hidden, bins=bins, bound=4.0),
-        "nice": lambda: flows.nice(dim, layers=layers, hidden=hidden),
-        "iaf": lambda: flows.iaf(dim, layers=layers, hidden=hidden),
-        "nsf_autoregressive": lambda: flows.nsf_autoregressive(dim, layers=layers, hidden=hidden, bins=bins, bound=4.0),
-        "flowpp": lambda: flows.flowpp(dim, layers=layers, hidden=hidden, components=bins),
-        "residual": lambda: flows.residual_flow(dim, layers=layers, hidden=hidden),
-        "planar": lambda: flows.planar_flow(dim, layers=layers),
-        "radial": lambda: flows.radial_flow(dim, layers=layers),
-        "sylvester": lambda: flows.sylvester_flow(dim, layers=layers),
-    }
-    return _jaxflow(builders[name](), key)
+def _jaxflow_vector_flow(name, dim, layers, hidden, bins=8):
+    """`bins` is the spline bins or Flow++'s mixture components, 8 by default as for the peers."""
+    return _JAXFLOW_VECTOR_FLOWS[name](dim, layers, hidden, bins)
 
 
 # flowjax -------------------------------------------------------------------------------------
 
-def flowjax_model(name, key, dim, layers, hidden, bins=8) -> Model:
+def flowjax_model(name, key, event_shape, layers, hidden, bins=8) -> Model:
     import equinox as eqx
     from flowjax.bijections import Affine, RationalQuadraticSpline
     from flowjax.distributions import Normal
     from flowjax.flows import coupling_flow, masked_autoregressive_flow
 
-    if name not in ("realnvp", "maf", "nsf"):
-        raise KeyError(name)
+    dim = vector_dim(event_shape)
     if len(set(hidden)) != 1:
         raise ValueError("flowjax uses one width for every hidden layer")
     common = dict(base_dist=Normal(jnp.zeros(dim)), flow_layers=layers, nn_width=hidden[0], nn_depth=len(hidden))
@@ -71,7 +91,7 @@ def flowjax_model(name, key, dim, layers, hidden, bins=8) -> Model:
     elif name == "nsf":
         flow = coupling_flow(key, transformer=RationalQuadraticSpline(knots=bins, interval=4.0), **common)
     else:
-        raise KeyError(name)
+        raise ValueError(f"flowjax_model: no flowjax model {name!r}; expected one of {FLOWJAX_MODELS}.")
     params, static = eqx.partition(flow, eqx.is_inexact_array)
 
     def log_prob(params, x):
@@ -127,16 +147,17 @@ def _distrax_spline(dim, bins):
     return make, num_params
 
 
-def distrax_model(name, key, dim, layers, hidden, bins=8) -> Model:
+def distrax_model(name, key, event_shape, layers, hidden, bins=8) -> Model:
     """distrax: a Python-loop `Chain` of `MaskedCoupling` + permutation (no MADE in distrax)."""
     import distrax
 
+    dim = vector_dim(event_shape)
     if name == "realnvp":
         make_bijector, num_params = _distrax_affine(dim)
     elif name == "nsf":
         make_bijector, num_params = _distrax_spline(dim, bins)
     else:
-        raise KeyError(name)
+        raise ValueError(f"distrax_model: no distrax model {name!r}; expected one of {DISTRAX_MODELS}.")
     mask = np.arange(dim) < dim // 2
     net = MLP(tuple(hidden), num_params * dim)
     perms = np.asarray(random_permutations(jax.random.key(1), layers, dim))
@@ -156,12 +177,23 @@ def distrax_model(name, key, dim, layers, hidden, bins=8) -> Model:
     return Model(params, lambda params, x: build(params).log_prob(x), sample)
 
 
-BUILDERS = {"jaxflow": jaxflow_model, "flowjax": flowjax_model, "distrax": distrax_model}
+FLOWJAX_MODELS = ("realnvp", "maf", "nsf")
+DISTRAX_MODELS = ("realnvp", "nsf")
+# library -> (the models it expresses, their builder)
+LIBRARIES = {
+    "jaxflow": ((*_JAXFLOW_VECTOR_FLOWS, *_JAXFLOW_IMAGE_FLOWS), jaxflow_model),
+    "flowjax": (FLOWJAX_MODELS, flowjax_model),
+    "distrax": (DISTRAX_MODELS, distrax_model),
+}
 
 
-def build(library, name, key, dim, layers, hidden, bins=8) -> Model | None:
-    """The model, or None when `library` cannot express it."""
-    try:
-        return BUILDERS[library](name, key, dim, layers, hidden, bins)
-    except KeyError:
+def build(library, name, key, event_shape, *args, **config) -> Model | None:
+    """`name` on events of `event_shape` (an int: a vector's size), or None when `library` cannot express it.
+
+    `args` and `config` go to the builder: (layers, hidden, bins=8) for a vector model, the builder's
+    keyword arguments for an image flow.
+    """
+    models, builder = LIBRARIES[library]
+    if name not in models:
         return None
+    return builder(name, key, event_shape, *args, **config)

@@ -2,10 +2,13 @@
 
 For each ready-made flow (realnvp: dim 16, 8 layers; maf: dim 16, 5 layers; nsf: dim 16, 8 layers,
 8 bins; all MLP/MADE 2x128; and, jaxflow only, nice, iaf, autoregressive nsf, Flow++, residual,
-planar, radial and Sylvester flows) and each library that can express it: compile time of the training step,
-training-step time (Adam, batch 512), log_prob and sample throughput (batch 8192), and the
-training step's achieved FLOP/s (XLA cost analysis) as a fraction of a dense matmul timed in the
-same run. Medians over repeats, `block_until_ready` on every result. Runs unchanged on CPU/GPU/TPU.
+planar, radial and Sylvester flows, and Glow on 8x8x1 images: 3 levels of 4 steps, CNN couplings
+of 64 channels, the configuration of examples/glow_digits.py) and each library that can express it:
+compile time of the training step, training-step time (Adam, batch 512), log_prob and sample
+throughput (batch 8192), and the training step's achieved FLOP/s (XLA cost analysis) as a fraction
+of a dense matmul timed in the same run. Vector flows run on events of shape (dim,) for each of the
+suite's dims, image flows on their own (H, W, C); every row says its event shape. Medians over
+repeats, `block_until_ready` on every result. Runs unchanged on CPU/GPU/TPU.
 
     python -m benchmarks.run --suite quick --out results/quick.json
     python -m benchmarks.run --suite full --compare flowjax,distrax --out results/full.json
@@ -37,11 +40,20 @@ MODELS = {
     "planar": dict(layers=16, hidden=()),
     "radial": dict(layers=16, hidden=()),
     "sylvester": dict(layers=8, hidden=()),
+    "glow": dict(levels=3, steps_per_level=4, hidden_channels=64, num_blocks=0),
 }
+# Image flows run on one event shape (H, W, C) of their own; every other model on (dim,) for each suite dim.
+IMAGE_SHAPES = {"glow": (8, 8, 1)}
 SUITES = {
     "quick": dict(repeats=5, train_steps=20, dims=[16], train_batches=[512]),
     "full": dict(repeats=9, train_steps=50, dims=[4, 16, 64], train_batches=[128, 512, 2048]),
 }
+EVAL_BATCH = 8192
+
+
+def event_shapes(name: str, dims) -> list[tuple[int, ...]]:
+    """The event shapes `name` runs on: its image shape, or (dim,) for each of `dims`."""
+    return [IMAGE_SHAPES[name]] if name in IMAGE_SHAPES else [(dim,) for dim in dims]
 
 
 def _block(tree):
@@ -57,11 +69,11 @@ def train_step_fn(model, optimizer):
     return step
 
 
-def measure_model(model, dim, *, train_batch, eval_batch, repeats, train_steps) -> dict:
-    """Compile time, step time, throughputs and FLOP/s of one model."""
+def measure_model(model, event_shape, *, train_batch, eval_batch, repeats, train_steps) -> dict:
+    """Compile time, step time, throughputs and FLOP/s of one model on events of `event_shape`."""
     key = jax.random.key(0)
-    x_train = jax.random.normal(key, (train_batch, dim))
-    x_eval = jax.random.normal(key, (eval_batch, dim))
+    x_train = jax.random.normal(key, (train_batch, *event_shape))
+    x_eval = jax.random.normal(key, (eval_batch, *event_shape))
     optimizer = optax.adam(1e-3)
     opt_state = optimizer.init(model.params)
     step = train_step_fn(model, optimizer)
@@ -71,14 +83,14 @@ def measure_model(model, dim, *, train_batch, eval_batch, repeats, train_steps) 
     compile_s = time.perf_counter() - start
     flops = (compiled.cost_analysis() or {}).get("flops", float("nan"))
 
-    def run_steps():
+    def run_steps(num_steps):
         params, state = model.params, opt_state
-        for _ in range(train_steps):
+        for _ in range(num_steps):
             params, state, loss = compiled(params, state, x_train)
         _block(loss)
 
-    run_steps()
-    step_s = median_seconds(run_steps, repeats) / train_steps
+    run_steps(1)  # warm-up
+    step_s = median_seconds(lambda: run_steps(train_steps), repeats) / train_steps
 
     log_prob = jax.jit(model.log_prob)
     _block(log_prob(model.params, x_eval))
@@ -103,47 +115,71 @@ def matmul_gflops(repeats: int, size: int = 1024) -> float:
     return 2 * size**3 / median_seconds(lambda: _block(matmul(a)), repeats) / 1e9
 
 
-def main(argv=None):
+def parse_args(argv):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--suite", choices=sorted(SUITES), default="quick")
     parser.add_argument("--compare", default="flowjax,distrax", help="comma-separated peers ('' for none)")
-    parser.add_argument("--models", default=",".join(MODELS))
-    parser.add_argument("--eval-batch", type=int, default=8192)
+    parser.add_argument("--models", default=",".join(MODELS), help="comma-separated names from MODELS")
+    parser.add_argument("--eval-batch", type=int, default=EVAL_BATCH, help="batch of the log_prob and sample timings")
+    parser.add_argument("--repeats", type=int, help="timings per median (default: the suite's)")
+    parser.add_argument("--train-steps", type=int, help="training steps per timing (default: the suite's)")
+    parser.add_argument("--train-batch", type=int, help="one training batch size instead of the suite's")
     parser.add_argument("--out", default=None)
     args = parser.parse_args(argv)
-    suite = SUITES[args.suite]
+    unknown = sorted(set(args.models.split(",")) - set(MODELS))
+    if unknown:
+        parser.error(f"unknown models {unknown}; expected names from {list(MODELS)}")
+    return args
+
+
+def suite_settings(args) -> dict:
+    """The suite's settings, with any given on the command line in their place."""
+    settings = dict(SUITES[args.suite], eval_batch=args.eval_batch)
+    overrides = {"repeats": args.repeats, "train_steps": args.train_steps}
+    overrides["train_batches"] = None if args.train_batch is None else [args.train_batch]
+    settings.update({name: value for name, value in overrides.items() if value is not None})
+    return settings
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    settings = suite_settings(args)
     libraries = available(["jaxflow", *[p for p in args.compare.split(",") if p]])
 
-    peak = matmul_gflops(suite["repeats"])
+    peak = matmul_gflops(settings["repeats"])
     print(f"{environment()}\nreference matmul: {peak:.1f} GFLOP/s", flush=True)
     rows = []
     for name in args.models.split(","):
-        for dim in suite["dims"]:
-            for train_batch in suite["train_batches"]:
+        for event_shape in event_shapes(name, settings["dims"]):
+            for train_batch in settings["train_batches"]:
                 for library in libraries:
-                    model = peers.build(library, name, jax.random.key(1), dim, **MODELS[name])
+                    model = peers.build(library, name, jax.random.key(1), event_shape, **MODELS[name])
                     if model is None:
                         print(f"note: {library} cannot express {name}; skipped")
                         continue
-                    row = {"model": name, "dim": dim, "train_batch": train_batch, "library": library}
-                    row.update(measure_model(model, dim, train_batch=train_batch, eval_batch=args.eval_batch,
-                                             repeats=suite["repeats"], train_steps=suite["train_steps"]))
+                    row = {"model": name, "event_shape": event_shape, "train_batch": train_batch,
+                           "eval_batch": settings["eval_batch"], "library": library}
+                    row.update(measure_model(model, event_shape, train_batch=train_batch,
+                                             eval_batch=settings["eval_batch"], repeats=settings["repeats"],
+                                             train_steps=settings["train_steps"]))
                     row["flops_fraction"] = row["train_gflops"] / peak
                     rows.append(row)
                     print(row, flush=True)
     _add_ratios(rows)
-    columns = ["model", "dim", "train_batch", "library", "compile_s", "train_step_ms", "log_prob_per_s", "sample_per_s",
-               "flops_fraction", "speedup_train", "speedup_log_prob", "speedup_sample"]
+    columns = ["model", "event_shape", "train_batch", "eval_batch", "library", "compile_s", "train_step_ms",
+               "log_prob_per_s", "sample_per_s", "flops_fraction", "speedup_train", "speedup_log_prob",
+               "speedup_sample"]
     print(f"\nsuite {args.suite}; speedup = jaxflow's advantage over that peer (>1: jaxflow faster)")
     print(markdown_table(rows, columns))
-    write_json(args.out, {"benchmark": "run", "suite": args.suite, "environment": environment(), "matmul_gflops": peak, "rows": rows})
+    write_json(args.out, {"benchmark": "run", "suite": args.suite, "settings": settings, "environment": environment(),
+                          "matmul_gflops": peak, "rows": rows})
 
 
 def _add_ratios(rows):
     """On every peer row, jaxflow's speed-up over it, measured in this same run."""
-    ours = {(r["model"], r["dim"], r["train_batch"]): r for r in rows if r["library"] == "jaxflow"}
+    ours = {(r["model"], r["event_shape"], r["train_batch"]): r for r in rows if r["library"] == "jaxflow"}
     for row in rows:
-        mine = ours.get((row["model"], row["dim"], row["train_batch"]))
+        mine = ours.get((row["model"], row["event_shape"], row["train_batch"]))
         if mine is None or row is mine:
             continue
         row["speedup_train"] = row["train_step_ms"] / mine["train_step_ms"]

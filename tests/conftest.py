@@ -8,6 +8,10 @@ under live objects; it crashed XLA workers, so no test does it.
 Tests compile with LLVM's optimisations off: on their tiny shapes compilation is most of the
 cost (measured: the flow-builder contract tests take half the time), and the optimisation
 level does not change what is computed. Benchmarks run with XLA's defaults.
+
+Matrix products run at full float32 precision: on GPUs JAX's default is TF32 (about three
+decimal digits), which would blur the round-trip and reference comparisons; on CPUs it changes
+nothing. Users choose their own precision (see the README).
 """
 
 import os
@@ -26,6 +30,7 @@ settings.register_profile("slow", max_examples=60, deadline=None, suppress_healt
 settings.load_profile("default")
 
 X64 = bool(jax.config.jax_enable_x64)
+jax.config.update("jax_default_matmul_precision", "highest")
 
 
 def pytest_configure(config):

@@ -35,11 +35,12 @@ def _layer():
 
 
 @pytest.mark.float64  # float32 rounding differs with the order of operations, 1e-4 after 5 layers
+@pytest.mark.parametrize("unroll", [1, 2, True])  # 2 does not divide 5: a remainder iteration
 @pytest.mark.parametrize("direction", ["forward", "inverse"])
-def test_stack_equals_a_python_loop_over_layers(direction):
+def test_stack_equals_a_python_loop_over_layers(direction, unroll):
     num_layers = 5
     layer = _layer()
-    stacked = jf.stack(layer, num_layers)
+    stacked = jf.stack(layer, num_layers, unroll=unroll)
     params = perturbed_params(stacked, jax.random.key(1), 0.4)
     x = jax.random.normal(jax.random.key(2), (DIM,))
     y, log_det = getattr(stacked, direction)(params, x)

@@ -16,7 +16,7 @@ def _load_example(name):
     return module
 
 
-@pytest.mark.parametrize("model", ["residual flow", "Flow++", "NSF (reference)"])
+@pytest.mark.parametrize("model", ["RealNVP", "residual flow", "Flow++", "NSF (reference)"])
 def test_toy_density_runs(tmp_path, model):
     toy_density = _load_example("toy_density")
     argv = ["--models", model, "--steps", "3", "--batch-size", "32", "--grid-size", "8", "--num-samples", "16"]

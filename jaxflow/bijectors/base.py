@@ -157,7 +157,10 @@ def chain(*bijectors: Bijector, name: str = "chain") -> Bijector:
     )
 
 
-def stack(layer: Bijector | Callable[[Any], Bijector], num_layers: int, *, constants=None, name: str | None = None) -> Bijector:
+def stack(
+    layer: Bijector | Callable[[Any], Bijector], num_layers: int, *, constants=None, unroll: int | bool = 1,
+    name: str | None = None,
+) -> Bijector:
     """Repeats one layer `num_layers` times with independent params, applied with `lax.scan`.
 
     The layer body is traced and compiled once, so compile time does not grow
@@ -170,6 +173,9 @@ def stack(layer: Bijector | Callable[[Any], Bijector], num_layers: int, *, const
       constants: optional pytree of per-layer constants with leading axis
         `num_layers` (e.g. random permutations as int arrays). They are scanned
         alongside the params but are configuration, never params.
+      unroll: layers per loop iteration, passed to `lax.scan` (True: all of them).
+        Unrolling trades compile time, which then grows with depth, for run time
+        where a loop body defeats the compiler (e.g. convolution gradients on CPU).
       name: used in error messages (defaults to `stack(<layer name>)`).
     """
     if isinstance(num_layers, bool) or not isinstance(num_layers, (int, np.integer)) or num_layers < 1:
@@ -200,7 +206,7 @@ def stack(layer: Bijector | Callable[[Any], Bijector], num_layers: int, *, const
 
         carry = (x, jnp.zeros((), _log_det_dtype(x)))
         scanned = (params, constants, keys, indices)
-        (y, log_det), _ = jax.lax.scan(body, carry, scanned, reverse=direction == "inverse")
+        (y, log_det), _ = jax.lax.scan(body, carry, scanned, reverse=direction == "inverse", unroll=unroll)
         return y, log_det
 
     def forward(params, x, context=None, *, key=None):

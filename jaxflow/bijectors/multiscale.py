@@ -60,6 +60,7 @@ def multiscale(
     lu: bool = True,
     learned_prior: bool = False,
     context_dim: int | None = None,
+    unroll: int | bool = 1,
 ) -> Bijector:
     """Glow's multi-scale flow on images of `shape` (H, W, C), with latents of the same shape.
 
@@ -79,6 +80,7 @@ def multiscale(
         N(mu(h), sigma(h)^2), conditional on the channels h that stay, written as an
         affine channel coupling just before the factoring (identity at init).
       context_dim: size of the context vector for a conditional flow.
+      unroll: steps per loop iteration within a level (see `stack`).
 
     Params: nested tuples, one `chain` per level, the next level inside `factor_out`.
 
@@ -101,7 +103,7 @@ def multiscale(
         height, width, channels = level_shape
         squeezed = (height // 2, width // 2, 4 * channels)
         step = glow_step(squeezed, transformer=transformer, lu=lu, **network)
-        steps = stack(step, steps_per_level, name=f"level{depth}_steps")
+        steps = stack(step, steps_per_level, unroll=unroll, name=f"level{depth}_steps")
         parts = [squeeze(level_shape)]  # in forward order: the level's latent enters here
         if depth < levels:
             parts.append(factor_out(level((height // 2, width // 2, 2 * channels), depth + 1), squeezed))

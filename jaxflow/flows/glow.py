@@ -5,6 +5,7 @@ References: Kingma & Dhariwal (2018), Glow, https://arxiv.org/abs/1807.03039
 
 from __future__ import annotations
 
+import jax
 import numpy as np
 
 from jaxflow.bijectors import transformers
@@ -26,6 +27,7 @@ def glow(
     coupling: str = "affine",
     learned_prior: bool = False,
     context_dim: int | None = None,
+    unroll: int | bool | None = None,
 ) -> Flow:
     """Glow on images of shape (H, W, C), with a standard normal base of the same shape.
 
@@ -50,6 +52,10 @@ def glow(
       learned_prior: give the factored-out channels Glow's learned prior, a Gaussian
         whose mean and scale depend on the channels that stay.
       context_dim: size of the context vector for a conditional flow.
+      unroll: steps per loop iteration within a level (see `stack`). The default
+        unrolls them all on CPU, where XLA computes convolution gradients inside a
+        loop about 18x slower than outside one (measured, jax 0.10), and keeps the
+        loop elsewhere.
 
     Returns:
       A `Flow` over events of shape `image_shape`.
@@ -73,6 +79,7 @@ def glow(
         lu=lu,
         learned_prior=learned_prior,
         context_dim=context_dim,
+        unroll=(jax.default_backend() == "cpu") if unroll is None else unroll,
     )
     return Flow(standard_normal(shape), bijector, None if context_dim is None else (context_dim,))
 

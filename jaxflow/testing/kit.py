@@ -90,8 +90,15 @@ def check_bijector(
       log_det_tol: tolerance for log-det comparisons (iterative or stochastic
         log-dets); defaults to `tol`.
       check_jacobian: compare log-dets with the autodiff Jacobian.
+
+    Matrix products run at full float precision (`jax.default_matmul_precision("highest")`):
+    the checks are about the maths, and a GPU's default TF32 products would blur them.
     """
-    x = jnp.asarray(x)
+    with jax.default_matmul_precision("highest"):
+        _check(bijector, params, jnp.asarray(x), context, key, tol, log_det_tol, check_jacobian)
+
+
+def _check(bijector, params, x, context, key, tol, log_det_tol, check_jacobian):
     tol = default_tolerance(x.dtype) if tol is None else tol
     log_det_tol = tol if log_det_tol is None else log_det_tol
     key = jax.random.key(0) if key is None else key

@@ -1,0 +1,56 @@
+"""Smoke tests of the benchmark suite (benchmarks/run.py): a vector flow and Glow, at tiny sizes."""
+
+import json
+import math
+
+import jax
+import pytest
+
+from benchmarks import peers, run
+
+MEASURES = ("compile_s", "train_step_ms", "log_prob_per_s", "sample_per_s", "train_gflops", "flops_fraction")
+
+
+def test_suite_measures_a_vector_flow_and_glow(tmp_path, monkeypatch, capsys):
+    # A smaller Glow than the suite's, on a non-square image, so that the test compiles quickly.
+    monkeypatch.setitem(run.MODELS, "glow", {"levels": 1, "steps_per_level": 1, "hidden_channels": 8, "num_blocks": 0})
+    monkeypatch.setitem(run.IMAGE_SHAPES, "glow", (4, 2, 3))
+    monkeypatch.setitem(run.MODELS, "planar", {"layers": 2, "hidden": ()})
+    out = tmp_path / "bench.json"
+    run.main([
+        "--models", "planar,glow", "--compare", "distrax", "--repeats", "1", "--train-steps", "2",
+        "--train-batch", "4", "--eval-batch", "8", "--out", str(out),
+    ])
+    payload = json.loads(out.read_text())
+
+    rows = payload["rows"]
+    assert [(row["model"], row["event_shape"], row["library"]) for row in rows] == [
+        ("planar", [16], "jaxflow"), ("glow", [4, 2, 3], "jaxflow"),
+    ]
+    for row in rows:
+        assert (row["train_batch"], row["eval_batch"]) == (4, 8)
+        for measure in MEASURES:
+            assert math.isfinite(row[measure]) and row[measure] > 0, (row["model"], measure, row[measure])
+    assert payload["settings"]["repeats"] == 1 and payload["settings"]["train_steps"] == 2
+    printed = capsys.readouterr().out
+    assert "distrax cannot express glow" in printed
+    assert "| glow | 4x2x3 | 4 | 8 | jaxflow |" in printed
+
+
+def test_only_jaxflow_expresses_glow():
+    config = run.MODELS["glow"]
+    assert peers.build("flowjax", "glow", jax.random.key(0), (8, 8, 1), **config) is None
+    assert peers.build("distrax", "glow", jax.random.key(0), (8, 8, 1), **config) is None
+    model = peers.build("jaxflow", "glow", jax.random.key(0), (8, 8, 1), **config)
+    assert model is not None and model.params
+
+
+def test_vector_model_rejects_an_image_event_shape():
+    with pytest.raises(ValueError, match=r"event shape \(dim,\), got \(8, 8, 1\)"):
+        peers.build("jaxflow", "realnvp", jax.random.key(0), (8, 8, 1), layers=1, hidden=(4,))
+
+
+def test_unknown_model_is_a_clear_error(capsys):
+    with pytest.raises(SystemExit):
+        run.main(["--models", "glow,unet"])
+    assert "unknown models ['unet']" in capsys.readouterr().err
