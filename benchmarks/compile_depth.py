@@ -53,10 +53,14 @@ def main(argv=None):
         print(row, flush=True)
     growth = rows[-1]["jaxflow"] / rows[0]["jaxflow"]
     columns = ["layers", *libraries, *[f"{lib}/jaxflow" for lib in libraries[1:]]]
-    print(f"\nCompile time (s) of value_and_grad(NLL), RealNVP dim {args.dim}, batch {args.batch}, median of {args.repeats}")
+    print(f"\nCompile time (s) of value_and_grad(NLL), RealNVP dim {args.dim}, batch {args.batch}, "
+          f"median of {args.repeats}")
     print(markdown_table(rows, columns))
     print(f"jaxflow compile time at n={args.depths[-1]} / n={args.depths[0]}: {growth:.2f}x")
-    write_json(args.out, {"benchmark": "compile_depth", "environment": environment(), "config": vars(args), "rows": rows, "jaxflow_growth": growth})
+    write_json(args.out, {
+        "benchmark": "compile_depth", "environment": environment(), "config": vars(args), "rows": rows,
+        "jaxflow_growth": growth,
+    })
 
 
 if __name__ == "__main__":

@@ -43,7 +43,8 @@ def vector_dim(event_shape) -> int:
 _JAXFLOW_VECTOR_FLOWS = {
     "realnvp": lambda dim, layers, hidden, bins: flows.realnvp(dim, layers=layers, hidden=hidden),
     "maf": lambda dim, layers, hidden, bins: flows.maf(dim, layers=layers, hidden=hidden),
-    "nsf": lambda dim, layers, hidden, bins: flows.nsf_coupling(dim, layers=layers, hidden=hidden, bins=bins, bound=4.0),
+    "nsf": lambda dim, layers, hidden, bins: flows.nsf_coupling(
+        dim, layers=layers, hidden=hidden, bins=bins, bound=4.0),
     "nice": lambda dim, layers, hidden, bins: flows.nice(dim, layers=layers, hidden=hidden),
     "iaf": lambda dim, layers, hidden, bins: flows.iaf(dim, layers=layers, hidden=hidden),
     "nsf_autoregressive": lambda dim, layers, hidden, bins: flows.nsf_autoregressive(
@@ -167,7 +168,9 @@ def distrax_model(name, key, event_shape, layers, hidden, bins=8) -> Model:
     def build(params):
         bijectors = []
         for p, perm in zip(params, perms):
-            coupling = distrax.MaskedCoupling(mask=mask, conditioner=lambda x, p=p: net.apply(p, x), bijector=make_bijector)
+            coupling = distrax.MaskedCoupling(
+                mask=mask, conditioner=lambda x, p=p: net.apply(p, x), bijector=make_bijector
+            )
             bijectors += [coupling, _distrax_permutation(perm)]
         return distrax.Transformed(base, distrax.Chain(bijectors[::-1]))  # distrax applies the last listed first
 

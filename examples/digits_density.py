@@ -27,7 +27,6 @@ Dinh et al. (2016) RealNVP (dequantisation and logit transform), https://arxiv.o
 from __future__ import annotations
 
 import argparse
-import math
 import time
 from pathlib import Path
 
@@ -50,12 +49,6 @@ MODELS = {
 }
 
 
-def dequantised(x_int: np.ndarray, seeds) -> tuple[np.ndarray, np.ndarray]:
-    """One logit-space draw of `x_int` (n, 64) per seed: (len(seeds) * n, 64) values and per-row log-dets."""
-    draws = [datasets.dequantize_logit(x_int, seed=seed) for seed in seeds]
-    return np.concatenate([y for y, _ in draws]), np.concatenate([log_det for _, log_det in draws])
-
-
 def split_digits(args) -> dict[str, np.ndarray]:
     """Training, validation and test sets: logit-space draws, and the integer test digits for the figure.
 
@@ -66,9 +59,9 @@ def split_digits(args) -> dict[str, np.ndarray]:
     train_int, test_int, _, _ = datasets.digits()
     num_train = len(train_int) - round(args.validation * len(train_int))
     valid_seed = args.seed + args.noise_copies  # the next seed after the training draws'
-    train, _ = dequantised(train_int[:num_train], range(args.seed, valid_seed))
-    valid, _ = dequantised(train_int[num_train:], [valid_seed])
-    test, test_log_det = dequantised(test_int, [valid_seed + 1])
+    train, _ = datasets.dequantize_logit(train_int[:num_train], seed=args.seed, num_draws=args.noise_copies)
+    valid, _ = datasets.dequantize_logit(train_int[num_train:], seed=valid_seed)
+    test, test_log_det = datasets.dequantize_logit(test_int, seed=valid_seed + 1)
     return {"train": train, "valid": valid, "test": test, "test_log_det": test_log_det, "test_int": test_int}
 
 
@@ -89,7 +82,7 @@ def fit_flow(name: str, data: dict, args):
 def test_metrics(flow, params, data: dict) -> dict[str, float]:
     """Mean test log-likelihood in logit space (nats per image) and the dequantised bits/dim."""
     log_q = np.asarray(jax.jit(flow.log_prob)(params, data["test"]))
-    log_likelihood = log_q + data["test_log_det"] - NUM_DIMS * math.log(datasets.DIGIT_LEVELS)
+    log_likelihood = datasets.integer_log_likelihood(log_q, data["test_log_det"], NUM_DIMS)
     return {"test_log_lik": float(log_q.mean()), "bits_per_dim": float(np.mean(bits_per_dim(log_likelihood, NUM_DIMS)))}
 
 

@@ -74,7 +74,10 @@ def fit_svi(guide, data, *, steps: int, key) -> tuple[np.ndarray, float]:
 
 def run_nuts(data, *, key) -> tuple[np.ndarray, float]:
     start = time.perf_counter()
-    mcmc = MCMC(NUTS(eight_schools), num_warmup=1000, num_samples=2000, num_chains=2, chain_method="vectorized", progress_bar=False)
+    mcmc = MCMC(
+        NUTS(eight_schools), num_warmup=1000, num_samples=2000, num_chains=2, chain_method="vectorized",
+        progress_bar=False,
+    )
     mcmc.run(key, *data)
     return as_columns(mcmc.get_samples()), time.perf_counter() - start
 
@@ -103,7 +106,8 @@ def main(argv=None) -> None:
     flow_guide = AutoFlowGuide(eight_schools, lambda dim: flows.realnvp(dim, layers=6, hidden=(32, 32)))
     columns, seconds = {}, {}  # method -> (num_draws, 10) draws, method -> seconds
     columns["jaxflow"], seconds["jaxflow"] = fit_svi(flow_guide, data, steps=args.steps, key=flow_key)
-    columns["AutoIAF"], seconds["AutoIAF"] = fit_svi(AutoIAFNormal(eight_schools, hidden_dims=[32, 32]), data, steps=args.steps, key=iaf_key)
+    iaf_guide = AutoIAFNormal(eight_schools, hidden_dims=[32, 32])
+    columns["AutoIAF"], seconds["AutoIAF"] = fit_svi(iaf_guide, data, steps=args.steps, key=iaf_key)
     columns["NUTS"], seconds["NUTS"] = run_nuts(data, key=nuts_key)
 
     reference = reference_draws()

@@ -13,6 +13,6 @@ from jaxflow.distributions import Distribution, Flow, diagonal_normal, standard_
 __version__ = "0.1.0"
 
 __all__ = [
-    "Bijector", "Distribution", "Flow", "bijectors", "chain", "conditioners", "flows", "latent", "diagonal_normal", "freeze",
-    "initialize_from_data", "invert", "stack", "standard_normal", "validation",
+    "Bijector", "Distribution", "Flow", "bijectors", "chain", "conditioners", "diagonal_normal", "flows", "freeze",
+    "initialize_from_data", "invert", "latent", "stack", "standard_normal", "validation",
 ]

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import csv
 import os
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, NamedTuple, Sequence
+from typing import NamedTuple
 
 import numpy as np
 

@@ -31,8 +31,16 @@ import jaxflow
 from jaxflow import _cli_run as runs
 from jaxflow import flows
 from jaxflow._cli_io import (
-    CliError, Table, atomic_write, checked_output, columns_from_option, columns_like, image_formats, pairs_figure,
-    read_table, write_table,
+    CliError,
+    Table,
+    atomic_write,
+    checked_output,
+    columns_from_option,
+    columns_like,
+    image_formats,
+    pairs_figure,
+    read_table,
+    write_table,
 )
 
 FLOWS = {name: getattr(flows, name) for name in flows.__all__}

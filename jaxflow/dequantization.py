@@ -67,7 +67,8 @@ def variational_dequantization(flow_for_noise: Flow) -> Flow:
     if flow_for_noise.context_shape != flow_for_noise.event_shape:
         raise ValueError(
             "variational_dequantization: the noise flow q(u | x) is conditioned on the data x, so its "
-            f"context_shape must equal its event_shape {flow_for_noise.event_shape}, got {flow_for_noise.context_shape}."
+            f"context_shape must equal its event_shape {flow_for_noise.event_shape}, "
+            f"got {flow_for_noise.context_shape}."
         )
     squash = sigmoid(flow_for_noise.event_shape)
     return flow_for_noise._replace(bijector=chain(flow_for_noise.bijector, squash, name="dequantization_noise"))
@@ -78,7 +79,9 @@ def noise_context(x, num_levels: int):
     return (2 * x.astype(jnp.result_type(float)) + 1) / num_levels - 1
 
 
-def uniform_dequantized_log_likelihood_bound(key, model_flow: Flow, model_params, x_int, num_levels: int, num_samples: int = 1):
+def uniform_dequantized_log_likelihood_bound(
+    key, model_flow: Flow, model_params, x_int, num_levels: int, num_samples: int = 1
+):
     """Monte Carlo estimate of E_{u ~ U[0,1)^D}[log p((x + u) / L)] - D log L <= log P(x).
 
     Args:
@@ -92,7 +95,8 @@ def uniform_dequantized_log_likelihood_bound(key, model_flow: Flow, model_params
     Returns:
       The bound in nats, of shape `batch`.
     """
-    x_int, sample_shape = _prepare("uniform_dequantized_log_likelihood_bound", model_flow, x_int, num_levels, num_samples)
+    name = "uniform_dequantized_log_likelihood_bound"
+    x_int, sample_shape = _prepare(name, model_flow, x_int, num_levels, num_samples)
     u = jax.random.uniform(key, sample_shape + model_flow.event_shape, jnp.result_type(float))
     return _bound(model_flow, model_params, x_int, num_levels, u, jnp.zeros(sample_shape, u.dtype))
 
@@ -155,7 +159,7 @@ def _prepare(name, model_flow, x_int, num_levels, num_samples):
     event = model_flow.event_shape
     if x_int.ndim < len(event) or x_int.shape[x_int.ndim - len(event):] != event:
         raise ValueError(f"{name}: expected integer data with trailing event shape {event}, got shape {x_int.shape}.")
-    return x_int, (int(num_samples),) + x_int.shape[: x_int.ndim - len(event)]
+    return x_int, (int(num_samples), *x_int.shape[: x_int.ndim - len(event)])
 
 
 def _check_integer_data(name, x, num_levels):
@@ -167,5 +171,7 @@ def _check_integer_data(name, x, num_levels):
     if not isinstance(x, jax.core.Tracer):  # concrete data: check the range on the host
         values = np.asarray(x)
         if values.size and (values.min() < 0 or values.max() >= num_levels):
-            raise ValueError(f"{name}: data must lie in [0, {num_levels}), got values in [{values.min()}, {values.max()}].")
+            raise ValueError(
+                f"{name}: data must lie in [0, {num_levels}), got values in [{values.min()}, {values.max()}]."
+            )
     return x

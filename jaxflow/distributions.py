@@ -10,7 +10,8 @@ A base is a `Distribution(init, log_prob, sample, event_shape)` acting on one ev
 from __future__ import annotations
 
 import math
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -129,7 +130,9 @@ class Flow(NamedTuple):
     def _batch_shape(self, shape, what):
         event_ndim = len(self.event_shape)
         if len(shape) < event_ndim or tuple(shape[len(shape) - event_ndim:]) != self.event_shape:
-            raise ValueError(f"Flow: expected {what} with trailing event shape {self.event_shape}, got shape {tuple(shape)}.")
+            raise ValueError(
+                f"Flow: expected {what} with trailing event shape {self.event_shape}, got shape {tuple(shape)}."
+            )
         return tuple(shape[: len(shape) - event_ndim])
 
     def _context_batch_shape(self, context):
@@ -139,11 +142,15 @@ class Flow(NamedTuple):
                 raise ValueError(f"Flow is unconditional but got a context of shape {jnp.shape(context)}.")
             return None
         if context is None:
-            raise ValueError(f"Flow is conditional: pass a context of shape {self.context_shape} (or with batch dims in front).")
+            raise ValueError(
+                f"Flow is conditional: pass a context of shape {self.context_shape} (or with batch dims in front)."
+            )
         context = check_event("Flow", context, None, what="context")
         n = len(self.context_shape)
         if context.ndim < n or tuple(context.shape[context.ndim - n:]) != self.context_shape:
-            raise ValueError(f"Flow: expected a context with trailing shape {self.context_shape}, got shape {context.shape}.")
+            raise ValueError(
+                f"Flow: expected a context with trailing shape {self.context_shape}, got shape {context.shape}."
+            )
         return tuple(context.shape[: context.ndim - n])
 
     def _sample_shape(self, shape, context):
@@ -158,7 +165,9 @@ class Flow(NamedTuple):
         """Applies `one(event, context, key)` over the flattened batch and restores its shape."""
         context_batch = self._context_batch_shape(context)
         if context_batch and context_batch != batch_shape:
-            raise ValueError(f"Flow: context batch shape {context_batch} does not match the data batch shape {batch_shape}.")
+            raise ValueError(
+                f"Flow: context batch shape {context_batch} does not match the data batch shape {batch_shape}."
+            )
         if self.bijector.stochastic and key is None:
             raise ValueError(f"{self.bijector.name} estimates log-dets stochastically: pass key=... to Flow.log_prob.")
         count = int(np.prod(batch_shape))

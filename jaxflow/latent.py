@@ -41,7 +41,9 @@ def _slerp(a, b, t):
     return jnp.where(angle < 1e-6, (1 - t) * a + t * b, spherical)
 
 
-def interpolate(flow: Flow, params, x_start, x_end, num_points: int, *, spherical: bool = False, context=None, key=None):
+def interpolate(
+    flow: Flow, params, x_start, x_end, num_points: int, *, spherical: bool = False, context=None, key=None
+):
     """Points on the path between two data points, taken in latent space.
 
     Args:
@@ -64,7 +66,8 @@ def interpolate(flow: Flow, params, x_start, x_end, num_points: int, *, spherica
 def attribute_vector(flow: Flow, params, x_with, x_without, context=None, *, key=None):
     """Glow's attribute direction: mean latent of `x_with` minus mean latent of `x_without`."""
     key_with, key_without = (None, None) if key is None else jax.random.split(key)
-    return encode(flow, params, x_with, context, key=key_with).mean(0) - encode(flow, params, x_without, context, key=key_without).mean(0)
+    mean_with = encode(flow, params, x_with, context, key=key_with).mean(0)
+    return mean_with - encode(flow, params, x_without, context, key=key_without).mean(0)
 
 
 def apply_attribute(flow: Flow, params, x, vector, amount: float = 1.0, context=None, *, key=None):

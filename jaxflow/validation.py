@@ -75,6 +75,8 @@ def check_finite(label: str, direction: str, value, log_det=None, index=None, in
     what = "input" if direction == "input" else f"{direction} output"
     where = label if index is None else label + " {index}"
     kwargs = {} if index is None else {"index": index}
-    checkify.check(inputs_bad | jnp.all(jnp.isfinite(value)), f"jaxflow validation: {what} of {where} contains NaN or inf.", **kwargs)
+    message = f"jaxflow validation: {what} of {where} contains NaN or inf."
+    checkify.check(inputs_bad | jnp.all(jnp.isfinite(value)), message, **kwargs)
     if log_det is not None:
-        checkify.check(inputs_bad | jnp.all(jnp.isfinite(log_det)), f"jaxflow validation: {direction} log_det of {where} contains NaN or inf.", **kwargs)
+        message = f"jaxflow validation: {direction} log_det of {where} contains NaN or inf."
+        checkify.check(inputs_bad | jnp.all(jnp.isfinite(log_det)), message, **kwargs)

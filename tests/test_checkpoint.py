@@ -59,7 +59,8 @@ run(sys.argv[1], kill_after_step_30)
 """
 
 
-def affine_state(dim, step=0, optimizer=optax.adam(1e-3)):
+def affine_state(dim, step=0, optimizer=None):
+    optimizer = optax.adam(1e-3) if optimizer is None else optimizer
     flow = jf.Flow(jf.standard_normal(dim), jf.bijectors.affine(dim))
     state = init_state(flow.init(jax.random.key(0)), optimizer)
     return state._replace(step=jnp.asarray(step, jnp.int32))

@@ -1,5 +1,7 @@
 """chain order, invert, and stack: scan equals the Python loop, and the traced body does not grow with depth."""
 
+import operator
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -47,7 +49,7 @@ def test_stack_equals_a_python_loop_over_layers(direction, unroll):
     order = range(num_layers) if direction == "forward" else reversed(range(num_layers))
     expected, total = x, 0.0
     for i in order:
-        expected, ld = getattr(layer, direction)(jax.tree.map(lambda p: p[i], params), expected)
+        expected, ld = getattr(layer, direction)(jax.tree.map(operator.itemgetter(i), params), expected)
         total += ld
     np.testing.assert_allclose(y, expected, rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose(log_det, total, rtol=1e-12, atol=1e-12)
@@ -63,6 +65,28 @@ def test_stack_scans_per_layer_constants():
         expected = expected[perm]
     np.testing.assert_array_equal(y, expected)
     assert stacked.init(jax.random.key(1)) == (), "constants must never become params"
+
+
+@pytest.mark.parametrize("with_inverse", [False, True])
+def test_stacked_permutations_invert_with_or_without_precomputed_inverses(with_inverse):
+    perms = np.asarray(jb.random_permutations(jax.random.key(0), 3, DIM))
+    if with_inverse:
+        constants = (perms, jb.inverse_permutations(perms))
+        stacked = jf.stack(lambda c: jb.permutation(c[0], inverse_perm=c[1]), 3, constants=constants)
+    else:
+        stacked = jf.stack(jb.permutation, 3, constants=perms)
+    y = jnp.arange(DIM, dtype=jnp.float32)
+    x, _ = stacked.inverse((), y)
+    expected = np.arange(DIM)
+    for perm in perms[::-1]:
+        expected = expected[np.argsort(perm)]  # undo the layers, last first
+    np.testing.assert_array_equal(x, expected)
+    np.testing.assert_array_equal(stacked.forward((), x)[0], y)
+
+
+def test_inverse_permutation_of_the_wrong_size_is_refused():
+    with pytest.raises(ValueError, match="inverse_perm has shape"):
+        jb.permutation(np.array([1, 0, 2]), inverse_perm=np.array([1, 0]))
 
 
 def _traced_size(num_layers):

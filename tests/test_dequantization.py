@@ -81,16 +81,18 @@ def test_uniform_bound_is_below_the_discrete_log_probability_and_matches_quadrat
     loc, scale, num_levels, num_samples = 0.4, 0.8, 6, 20000
     flow, params = _logit_normal_flow([loc], [scale])
     x = np.arange(num_levels)[:, None]
-    bound = jax.jit(lambda key: uniform_dequantized_log_likelihood_bound(key, flow, params, x, num_levels, num_samples))(
-        jax.random.key(0)
-    )
+    bound = jax.jit(
+        lambda key: uniform_dequantized_log_likelihood_bound(key, flow, params, x, num_levels, num_samples)
+    )(jax.random.key(0))
 
     def log_density(y):
         z = special.logit(y)
         return stats.norm.logpdf(z, loc, scale) - np.log(y * (1 - y))
 
-    exact_bound = np.array([integrate.quad(lambda u: log_density((k + u) / num_levels), 0, 1)[0] for k in range(num_levels)])
-    exact_bound -= np.log(num_levels)
+    def cell_bound(k):  # E_{u ~ U[0, 1)}[log p((k + u) / L)] - log L
+        return integrate.quad(lambda u: log_density((k + u) / num_levels), 0, 1)[0] - np.log(num_levels)
+
+    exact_bound = np.array([cell_bound(k) for k in range(num_levels)])
     log_p = _logit_normal_cell_log_probs(loc, scale, num_levels)
     np.testing.assert_allclose(bound, exact_bound, atol=0.03)
     assert np.all(exact_bound < log_p - 1e-3)
@@ -100,7 +102,9 @@ def test_uniform_bound_is_below_the_discrete_log_probability_and_matches_quadrat
 def _noise_flow():
     """q(u | x) on (0, 1)^2: two conditional Flow++ couplings (closed form in the sampling direction)."""
     mixture = logistic_mixture_cdf(4, closed_form="forward")
-    couplings = [jb.coupling(2, mixture, mask=mask, hidden=(16,), context_dim=2) for mask in ([True, False], [False, True])]
+    couplings = [
+        jb.coupling(2, mixture, mask=mask, hidden=(16,), context_dim=2) for mask in ([True, False], [False, True])
+    ]
     return variational_dequantization(jf.Flow(jf.standard_normal(2), jb.chain(*couplings), context_shape=(2,)))
 
 
@@ -125,13 +129,14 @@ def test_variational_bound_beats_the_uniform_one_after_training():
         return (optax.apply_updates(noise_params, updates), opt_state), None
 
     noise_params = noise.init(jax.random.key(0))
-    (noise_params, _), _ = jax.lax.scan(step, (noise_params, optimiser.init(noise_params)), jax.random.split(jax.random.key(1), 300))
+    keys = jax.random.split(jax.random.key(1), 300)
+    (noise_params, _), _ = jax.lax.scan(step, (noise_params, optimiser.init(noise_params)), keys)
 
     key = jax.random.key(2)
     variational = dequantized_log_likelihood_bound(key, model, model_params, noise, noise_params, x, num_levels, 4096)
     uniform = uniform_dequantized_log_likelihood_bound(key, model, model_params, x, num_levels, 4096)
-    cell = _logit_normal_cell_log_probs
-    log_p = np.array([cell(loc[0], scale[0], num_levels)[i] + cell(loc[1], scale[1], num_levels)[j] for i, j in np.asarray(x)])
+    first, second = (_logit_normal_cell_log_probs(loc[d], scale[d], num_levels) for d in range(2))
+    log_p = np.array([first[i] + second[j] for i, j in np.asarray(x)])
     assert np.all(variational > uniform + 0.02)
     assert np.all(variational < log_p + 0.01)
     assert np.all(variational > log_p - 0.3)  # uniform: 6 to 9 nats below
@@ -144,7 +149,9 @@ def test_variational_bound_is_differentiable_and_its_noise_lies_in_the_unit_cube
     x = jnp.array([[0, 3], [2, 1]])
     u = jax.jit(noise.sample)(noise_params, jax.random.key(1), context=noise_context(x, 4))
     assert u.shape == (2, 2) and np.all((u > 0) & (u < 1))
-    total_bound = lambda p: jnp.sum(dequantized_log_likelihood_bound(jax.random.key(2), model, model_params, noise, p, x, 4))  # noqa: E731
+    def total_bound(params):
+        return jnp.sum(dequantized_log_likelihood_bound(jax.random.key(2), model, model_params, noise, params, x, 4))
+
     grads = jax.jit(jax.grad(total_bound))(noise_params)
     assert all(np.all(np.isfinite(leaf)) for leaf in jax.tree.leaves(grads))
     assert any(np.any(leaf != 0) for leaf in jax.tree.leaves(grads))
@@ -179,4 +186,5 @@ def test_bound_rejects_data_of_the_wrong_event_shape_and_a_mismatched_noise_flow
         uniform_dequantized_log_likelihood_bound(jax.random.key(0), model, model_params, jnp.zeros((5, 2), int), 4, 0)
     small_noise = variational_dequantization(jf.Flow(jf.standard_normal(1), jb.shift(1), context_shape=(1,)))
     with pytest.raises(ValueError, match="noise flow"):
-        dequantized_log_likelihood_bound(jax.random.key(0), model, model_params, small_noise, {}, jnp.zeros((5, 2), int), 4)
+        x = jnp.zeros((5, 2), int)
+        dequantized_log_likelihood_bound(jax.random.key(0), model, model_params, small_noise, {}, x, 4)

@@ -96,22 +96,24 @@ def test_conditional_flows_are_distilled_over_the_given_contexts():
         assert float(kl) < 0.1
 
 
+def _teacher_traces(num_chunks):
+    """How often distill.fit traces the teacher's inverse in `num_chunks` chunks of 10 steps."""
+    counter = []
+    teacher = gaussian_teacher()
+
+    def counting_inverse(params, y, context=None, inverse=teacher.bijector.inverse):
+        counter.append(1)
+        return inverse(params, y, context)
+
+    teacher = teacher._replace(bijector=teacher.bijector._replace(inverse=counting_inverse))
+    student = gaussian_student()
+    distill.fit(jax.random.key(0), student, student.init(jax.random.key(0)), teacher, TEACHER_PARAMS,
+                num_steps=10 * num_chunks, chunk_size=10, num_samples=8, progress=False)
+    return len(counter)
+
+
 def test_more_chunks_do_not_mean_more_compilations():
-    traces = {}
-    for num_chunks in (2, 5):
-        counter = []
-        teacher = gaussian_teacher()
-
-        def counting_inverse(params, y, context=None, inverse=teacher.bijector.inverse):
-            counter.append(1)
-            return inverse(params, y, context)
-
-        teacher = teacher._replace(bijector=teacher.bijector._replace(inverse=counting_inverse))
-        student = gaussian_student()
-        distill.fit(jax.random.key(0), student, student.init(jax.random.key(0)), teacher, TEACHER_PARAMS,
-                    num_steps=10 * num_chunks, chunk_size=10, num_samples=8, progress=False)
-        traces[num_chunks] = len(counter)
-    assert traces[2] == traces[5] > 0
+    assert _teacher_traces(2) == _teacher_traces(5) > 0
 
 
 @pytest.mark.parametrize(

@@ -125,7 +125,7 @@ def test_validation_mode_reports_nan_data_given_to_a_flow():
     log_prob = jf.validation.checked(flow.log_prob)
     params = flow.init(jax.random.key(0))
     assert jnp.isfinite(log_prob(params, jnp.zeros((4, DIM)))).all()
-    with pytest.raises(FloatingPointError, match="input of Flow.log_prob contains NaN"):
+    with pytest.raises(FloatingPointError, match=r"input of Flow\.log_prob contains NaN"):
         log_prob(params, jnp.array([[0.0, 1.0, 1.0], [0.0, jnp.nan, 1.0]]))
 
 

@@ -20,7 +20,10 @@ from jaxflow.bijectors.root_finding import bisection, solve_monotone
 from jaxflow.bijectors.sylvester import householder_columns, orthonormal_columns, sylvester
 from jaxflow.testing import CASES, perturbed_params
 
-NAMES = ["planar_tanh", "planar_leaky_relu", "radial"] + ["sylvester_orthogonal", "sylvester_householder", "sylvester_triangular"]
+NAMES = [
+    "planar_tanh", "planar_leaky_relu", "radial",
+    "sylvester_orthogonal", "sylvester_householder", "sylvester_triangular",
+]
 DIM = 4
 
 

@@ -65,7 +65,7 @@ def _raw_params(rng, num_params, rows=48):
 def _distrax_spline(theta, num_bins, bound, min_size, min_derivative):
     """The same spline in distrax: its params put the (ignored) end derivatives around ours."""
     widths_and_heights, derivatives = theta[..., : 2 * num_bins], theta[..., 2 * num_bins :]
-    pad = np.zeros(theta.shape[:-1] + (1,))
+    pad = np.zeros((*theta.shape[:-1], 1))
     params = np.concatenate([widths_and_heights, pad, derivatives, pad], axis=-1)
     return distrax.RationalQuadraticSpline(
         jnp.asarray(params),
@@ -253,7 +253,7 @@ def test_inverse_is_accurate_where_the_quadratic_has_negative_b():
 
 def test_zero_params_are_the_identity(dtype):
     x = jnp.asarray(np.concatenate([np.linspace(-3.0, 3.0, 61), [-BOUND, BOUND, -1e6, 1e6]]), dtype)
-    theta = jnp.zeros(x.shape + (NUM_PARAMS,), dtype)
+    theta = jnp.zeros((*x.shape, NUM_PARAMS), dtype)
     atol = 1e-12 if dtype == "float64" else 1e-6
     for kernel in (SPLINE.forward, SPLINE.inverse):
         out, log_det = jax.jit(kernel)(theta, x)

@@ -26,7 +26,10 @@ def check_context(name: str, context, context_shape: tuple[int, ...] | None):
     """Conditional layers need a context of `context_shape`; unconditional ones must not get one."""
     if context_shape is None:
         if context is not None:
-            raise ValueError(f"{name} is unconditional but got a context of shape {jnp.shape(context)}; build it with context_dim=... to condition it.")
+            raise ValueError(
+                f"{name} is unconditional but got a context of shape {jnp.shape(context)}; "
+                "build it with context_dim=... to condition it."
+            )
         return None
     if context is None:
         raise ValueError(f"{name} is conditional and needs a context of shape {tuple(context_shape)}, got None.")

@@ -13,7 +13,7 @@ Kingma et al. (2016) IAF, https://arxiv.org/abs/1606.04934
 from __future__ import annotations
 
 import functools
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import jax
 import jax.numpy as jnp

@@ -17,7 +17,8 @@ deterministic bijectors keep the three-argument signature.
 
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple, Protocol
+from collections.abc import Callable
+from typing import Any, NamedTuple, Protocol
 
 import jax
 import jax.numpy as jnp
@@ -85,7 +86,9 @@ def initialize_from_data(bijector: Bijector, params, y, context=None):
     if bijector.data_init is not None:
         return bijector.data_init(params, y, context)
     if bijector.stochastic:
-        raise ValueError(f"{bijector.name}: data-dependent initialisation through a stochastic bijector is not supported.")
+        raise ValueError(
+            f"{bijector.name}: data-dependent initialisation through a stochastic bijector is not supported."
+        )
     context_axis = None if context is None or jnp.ndim(context) == 0 else 0
     inverse = jax.vmap(bijector.inverse, in_axes=(None, 0, context_axis))
     x, _ = inverse(params, y, context)
@@ -252,7 +255,9 @@ def _log_det_dtype(x):
 
 def _check_params_length(params, expected, name):
     if not isinstance(params, (tuple, list)) or len(params) != expected:
-        got = f"{type(params).__name__} of length {len(params)}" if isinstance(params, (tuple, list)) else type(params).__name__
+        got = type(params).__name__
+        if isinstance(params, (tuple, list)):
+            got += f" of length {len(params)}"
         raise ValueError(f"{name}: expected params as a tuple of {expected} entries (one per member), got {got}.")
 
 
@@ -268,7 +273,9 @@ def _check_stacked_params(params, num_layers, name):
 def _check_constants(constants, num_layers):
     for leaf in jax.tree.leaves(constants):
         if jnp.ndim(leaf) == 0 or jnp.shape(leaf)[0] != num_layers:
-            raise ValueError(f"stack: constants need a leading axis of {num_layers} layers, got shape {jnp.shape(leaf)}.")
+            raise ValueError(
+                f"stack: constants need a leading axis of {num_layers} layers, got shape {jnp.shape(leaf)}."
+            )
 
 
 def freeze(bijector: Bijector, params) -> Bijector:
@@ -282,4 +289,6 @@ def freeze(bijector: Bijector, params) -> Bijector:
         del unused_params
         return bijector.inverse(params, y, context, **key)
 
-    return bijector._replace(init=lambda key: (), forward=forward, inverse=inverse, name=f"freeze({bijector.name})", data_init=None)
+    return bijector._replace(
+        init=lambda key: (), forward=forward, inverse=inverse, name=f"freeze({bijector.name})", data_init=None
+    )

@@ -13,7 +13,7 @@ Durkan et al. (2019) Neural Spline Flows, https://arxiv.org/abs/1906.04032
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -80,7 +80,10 @@ def coupling(
     """
     mask = half_mask(dim) if mask is None else np.asarray(mask, bool)
     if mask.shape != (dim,) or mask.all() or not mask.any():
-        raise ValueError(f"coupling: mask must be a bool array of shape ({dim},) with both True and False entries, got {mask.tolist()}.")
+        raise ValueError(
+            f"coupling: mask must be a bool array of shape ({dim},) with both True and False entries, "
+            f"got {mask.tolist()}."
+        )
     name = name or f"{transformer.name}_coupling"
     take_identity, take_rest, merge = _split_merge(mask)
     num_rest = int((~mask).sum())

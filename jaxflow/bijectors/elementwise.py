@@ -6,7 +6,7 @@ Fixed maps take an optional `shape`: when given, inputs are checked against it.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp

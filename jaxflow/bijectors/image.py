@@ -8,7 +8,8 @@ Kingma & Dhariwal (2018), Glow, https://arxiv.org/abs/1807.03039
 
 from __future__ import annotations
 
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 import jax.numpy as jnp
 import numpy as np

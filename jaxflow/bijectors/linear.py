@@ -105,7 +105,10 @@ def fixed_linear(matrix, *, max_condition: float = 1e8) -> Bijector:
         raise ValueError(f"fixed_linear: expected a square matrix, got shape {matrix_np.shape}.")
     condition = np.linalg.cond(matrix_np)
     if not np.isfinite(condition) or condition > max_condition:
-        raise ValueError(f"fixed_linear: the matrix is singular or nearly so (condition number {condition:.3g} > {max_condition:.0e}).")
+        raise ValueError(
+            "fixed_linear: the matrix is singular or nearly so "
+            f"(condition number {condition:.3g} > {max_condition:.0e})."
+        )
     log_det = float(np.linalg.slogdet(matrix_np)[1])
     inverse_np = np.linalg.inv(matrix_np)
     size = matrix_np.shape[0]

@@ -12,7 +12,8 @@ https://arxiv.org/abs/1505.05770
 
 from __future__ import annotations
 
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp

@@ -29,7 +29,7 @@ to `target` and to whatever `fn` closes over come from the implicit function the
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp

@@ -50,7 +50,7 @@ def _knot_positions(raw_sizes, bound, min_size):
     num_bins = raw_sizes.shape[-1]
     fractions = min_size + (1.0 - min_size * num_bins) * jax.nn.softmax(raw_sizes, axis=-1)
     interior = -bound + 2.0 * bound * jnp.cumsum(fractions[..., :-1], axis=-1)
-    ends = jnp.full(raw_sizes.shape[:-1] + (1,), bound, raw_sizes.dtype)
+    ends = jnp.full((*raw_sizes.shape[:-1], 1), bound, raw_sizes.dtype)
     return jnp.concatenate([-ends, interior, ends], axis=-1)
 
 
@@ -74,7 +74,7 @@ def spline_knots(
     raw_widths, raw_heights, raw_derivatives = jnp.split(theta, [num_bins, 2 * num_bins], axis=-1)
     offset = float(np.log(np.expm1(1.0 - min_derivative)))  # softplus(0 + offset) + min_derivative = 1
     interior = jax.nn.softplus(raw_derivatives + offset) + min_derivative
-    ones = jnp.ones(theta.shape[:-1] + (1,), theta.dtype)
+    ones = jnp.ones((*theta.shape[:-1], 1), theta.dtype)
     return (
         _knot_positions(raw_widths, bound, min_bin_width),
         _knot_positions(raw_heights, bound, min_bin_height),
@@ -265,7 +265,7 @@ def spline_bijector(shape, **spline_kwargs) -> Bijector:
     """
     shape = as_shape(shape)
     spline = rational_quadratic_spline(**spline_kwargs)
-    theta_shape = shape + (spline.num_params,)
+    theta_shape = (*shape, spline.num_params)
     name = "rq_spline"
 
     def init(key):

@@ -27,7 +27,8 @@ Inference, https://arxiv.org/abs/1803.05649
 
 from __future__ import annotations
 
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -93,8 +94,8 @@ def sylvester(
         )
     name = f"sylvester_{variant}"
     q_map = _q_map(name, variant, dim, num_vectors, num_householder, permutation)
-    shapes = {key: (num_vectors, num_vectors) for key in ("r", "r_tilde")}
-    shapes |= {key: (num_vectors,) for key in ("log_r_tilde_diag", "raw_gain", "bias")}
+    shapes = dict.fromkeys(("r", "r_tilde"), (num_vectors, num_vectors))
+    shapes |= dict.fromkeys(("log_r_tilde_diag", "raw_gain", "bias"), (num_vectors,))
     shapes |= q_map.shapes
 
     def init(key):

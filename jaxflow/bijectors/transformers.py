@@ -10,7 +10,8 @@ A `Transformer` is a pair of pure kernels over one element, vectorised over the 
 
 from __future__ import annotations
 
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp

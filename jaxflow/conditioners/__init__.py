@@ -4,4 +4,7 @@ from jaxflow.conditioners.cnn import ResidualBlock, ResNetCNN, resnet_cnn
 from jaxflow.conditioners.made import MADE, MaskedDense, made
 from jaxflow.conditioners.mlp import MLP, Conditioner, from_linen, from_nnx, mlp
 
-__all__ = ["ResNetCNN", "ResidualBlock", "resnet_cnn", "MADE", "MLP", "Conditioner", "MaskedDense", "from_linen", "from_nnx", "made", "mlp"]
+__all__ = [
+    "MADE", "MLP", "Conditioner", "MaskedDense", "ResNetCNN", "ResidualBlock", "from_linen", "from_nnx", "made", "mlp",
+    "resnet_cnn",
+]

@@ -16,7 +16,8 @@ References: Germain et al. (2015) MADE, https://arxiv.org/abs/1502.03509
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+import itertools
+from collections.abc import Callable, Sequence
 
 import flax.linen as nn
 import jax
@@ -115,7 +116,7 @@ def made_masks(
     input_degrees = np.concatenate([order + 1, np.zeros(context_dim, int)])
     output_degrees = np.repeat(order, num_params)
     degrees = [input_degrees, *hidden_degrees, output_degrees]
-    return [previous[:, None] <= following[None, :] for previous, following in zip(degrees[:-1], degrees[1:])]
+    return [previous[:, None] <= following[None, :] for previous, following in itertools.pairwise(degrees)]
 
 
 def made(

@@ -10,7 +10,8 @@ last layer starts at zero, so every fresh flow is the identity.
 
 from __future__ import annotations
 
-from typing import Callable, NamedTuple, Sequence
+from collections.abc import Callable, Sequence
+from typing import NamedTuple
 
 import flax.linen as nn
 import jax.numpy as jnp
@@ -67,7 +68,10 @@ def from_linen(module: nn.Module, in_shape, *, context_dim: int | None = None) -
     return Conditioner(init, apply)
 
 
-def mlp(in_dim: int, out_dim: int, *, hidden: Sequence[int] = (128, 128), activation: Callable = nn.relu, context_dim: int | None = None) -> Conditioner:
+def mlp(
+    in_dim: int, out_dim: int, *, hidden: Sequence[int] = (128, 128), activation: Callable = nn.relu,
+    context_dim: int | None = None,
+) -> Conditioner:
     """A multilayer perceptron conditioner from `in_dim` (+ `context_dim`) to `out_dim`."""
     return from_linen(MLP(tuple(hidden), out_dim, activation), (in_dim,), context_dim=context_dim)
 

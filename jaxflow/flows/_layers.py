@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import jax
+import numpy as np
 
 from jaxflow.bijectors.base import Bijector, chain, stack
-from jaxflow.bijectors.permutation import permutation, random_permutations, reverse
+from jaxflow.bijectors.permutation import inverse_permutations, permutation, random_permutations, reverse
 from jaxflow.distributions import Flow, standard_normal
 
 
-def permuted_stack(make_layer: Callable[[], Bijector], dim: int, num_layers: int, *, permute: str, seed: int) -> Bijector:
+def permuted_stack(
+    make_layer: Callable[[], Bijector], dim: int, num_layers: int, *, permute: str, seed: int
+) -> Bijector:
     """`num_layers` copies of `make_layer()`, each followed by a reordering, in one `lax.scan`.
 
     Args:
@@ -20,8 +23,13 @@ def permuted_stack(make_layer: Callable[[], Bijector], dim: int, num_layers: int
       seed: seed of the random permutations (configuration, not params).
     """
     if permute == "random":
-        perms = random_permutations(jax.random.key(seed), num_layers, dim)
-        return stack(lambda perm: chain(make_layer(), permutation(perm)), num_layers, constants=perms)
+        perms = np.asarray(random_permutations(jax.random.key(seed), num_layers, dim), np.int32)
+
+        def permuted_layer(orders):
+            perm, inverse_perm = orders
+            return chain(make_layer(), permutation(perm, inverse_perm=inverse_perm))
+
+        return stack(permuted_layer, num_layers, constants=(perms, inverse_permutations(perms)))
     if permute == "reverse":
         return stack(chain(make_layer(), reverse()), num_layers)
     if permute == "none":

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 from jaxflow.bijectors import transformers
 from jaxflow.bijectors.autoregressive import inverse_autoregressive, masked_autoregressive
@@ -16,22 +16,34 @@ def _autoregressive_flow(layer_fn, dim, transformer, *, layers, hidden, context_
     return vector_flow(permuted_stack(make_layer, dim, layers, permute=permute, seed=seed), dim, context_dim)
 
 
-def maf(dim: int, *, layers: int = 5, hidden: Sequence[int] = (128, 128), context_dim: int | None = None, permute: str = "random", seed: int = 0) -> Flow:
+def maf(
+    dim: int, *, layers: int = 5, hidden: Sequence[int] = (128, 128), context_dim: int | None = None,
+    permute: str = "random", seed: int = 0,
+) -> Flow:
     """Masked autoregressive flow (affine): one-pass density, `dim`-pass sampling.
 
     References: Papamakarios et al. (2017), https://arxiv.org/abs/1705.07057
     """
-    return _autoregressive_flow(masked_autoregressive, dim, transformers.affine(), layers=layers, hidden=hidden, context_dim=context_dim, permute=permute, seed=seed)
+    return _autoregressive_flow(
+        masked_autoregressive, dim, transformers.affine(), layers=layers, hidden=hidden, context_dim=context_dim,
+        permute=permute, seed=seed,
+    )
 
 
-def iaf(dim: int, *, layers: int = 5, hidden: Sequence[int] = (128, 128), context_dim: int | None = None, permute: str = "random", seed: int = 0) -> Flow:
+def iaf(
+    dim: int, *, layers: int = 5, hidden: Sequence[int] = (128, 128), context_dim: int | None = None,
+    permute: str = "random", seed: int = 0,
+) -> Flow:
     """Inverse autoregressive flow (affine): one-pass sampling with its density, `dim`-pass density of data.
 
     The flow for variational inference and for distillation students.
 
     References: Kingma et al. (2016), https://arxiv.org/abs/1606.04934
     """
-    return _autoregressive_flow(inverse_autoregressive, dim, transformers.affine(), layers=layers, hidden=hidden, context_dim=context_dim, permute=permute, seed=seed)
+    return _autoregressive_flow(
+        inverse_autoregressive, dim, transformers.affine(), layers=layers, hidden=hidden, context_dim=context_dim,
+        permute=permute, seed=seed,
+    )
 
 
 def nsf_autoregressive(
@@ -44,4 +56,6 @@ def nsf_autoregressive(
     """
     layer_fn = inverse_autoregressive if inverse else masked_autoregressive
     spline = rational_quadratic_spline(num_bins=bins, bound=bound)
-    return _autoregressive_flow(layer_fn, dim, spline, layers=layers, hidden=hidden, context_dim=context_dim, permute=permute, seed=seed)
+    return _autoregressive_flow(
+        layer_fn, dim, spline, layers=layers, hidden=hidden, context_dim=context_dim, permute=permute, seed=seed
+    )

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 from jaxflow.bijectors import transformers
 from jaxflow.bijectors.base import chain
@@ -20,21 +20,31 @@ def _coupling_flow(dim, transformer, *, layers, hidden, context_dim, permute, se
     return vector_flow(permuted_stack(make_layer, dim, layers, permute=permute, seed=seed), dim, context_dim)
 
 
-def nice(dim: int, *, layers: int = 8, hidden: Sequence[int] = (128, 128), context_dim: int | None = None, permute: str = "random", seed: int = 0) -> Flow:
+def nice(
+    dim: int, *, layers: int = 8, hidden: Sequence[int] = (128, 128), context_dim: int | None = None,
+    permute: str = "random", seed: int = 0,
+) -> Flow:
     """NICE: additive (volume-preserving) couplings with a learnable diagonal scale at the end.
 
     References: Dinh et al. (2014), https://arxiv.org/abs/1410.8516
     """
-    flow = _coupling_flow(dim, transformers.additive(), layers=layers, hidden=hidden, context_dim=context_dim, permute=permute, seed=seed)
+    flow = _coupling_flow(
+        dim, transformers.additive(), layers=layers, hidden=hidden, context_dim=context_dim, permute=permute, seed=seed
+    )
     return flow._replace(bijector=chain(flow.bijector, scale(dim), name="nice"))
 
 
-def realnvp(dim: int, *, layers: int = 8, hidden: Sequence[int] = (128, 128), context_dim: int | None = None, permute: str = "random", seed: int = 0) -> Flow:
+def realnvp(
+    dim: int, *, layers: int = 8, hidden: Sequence[int] = (128, 128), context_dim: int | None = None,
+    permute: str = "random", seed: int = 0,
+) -> Flow:
     """RealNVP: affine couplings, each followed by a permutation, in one `lax.scan`.
 
     References: Dinh et al. (2016), https://arxiv.org/abs/1605.08803
     """
-    return _coupling_flow(dim, transformers.affine(), layers=layers, hidden=hidden, context_dim=context_dim, permute=permute, seed=seed)
+    return _coupling_flow(
+        dim, transformers.affine(), layers=layers, hidden=hidden, context_dim=context_dim, permute=permute, seed=seed
+    )
 
 
 def nsf_coupling(
@@ -46,4 +56,6 @@ def nsf_coupling(
     References: Durkan et al. (2019), https://arxiv.org/abs/1906.04032
     """
     spline = rational_quadratic_spline(num_bins=bins, bound=bound)
-    return _coupling_flow(dim, spline, layers=layers, hidden=hidden, context_dim=context_dim, permute=permute, seed=seed)
+    return _coupling_flow(
+        dim, spline, layers=layers, hidden=hidden, context_dim=context_dim, permute=permute, seed=seed
+    )

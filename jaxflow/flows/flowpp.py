@@ -13,7 +13,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-
 from jaxflow.bijectors.actnorm import actnorm as actnorm_layer
 from jaxflow.bijectors.base import chain
 from jaxflow.bijectors.coupling import coupling

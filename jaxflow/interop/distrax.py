@@ -23,7 +23,6 @@ from jaxflow.bijectors.base import Bijector, transform
 from jaxflow.distributions import Distribution, Flow
 
 
-
 class _BijectorAsDistrax(distrax.Bijector):
     """A jaxflow bijector with fixed params, seen as a distrax bijector over batched events."""
 

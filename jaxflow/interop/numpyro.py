@@ -19,7 +19,8 @@ Hoffman et al. (2019), NeuTra, https://arxiv.org/abs/1903.03704.
 
 from __future__ import annotations
 
-from typing import Callable, Union
+from collections.abc import Callable
+from typing import ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -35,7 +36,7 @@ from jaxflow.bijectors._checks import as_shape, batch_shape_of, check_event
 from jaxflow.bijectors.base import Bijector, transform
 from jaxflow.distributions import Flow
 
-FlowOrFactory = Union[Flow, Callable[[int], Flow]]
+FlowOrFactory = Flow | Callable[[int], Flow]
 
 
 def _real_support(event_ndim: int) -> constraints.Constraint:
@@ -63,7 +64,7 @@ class FlowDistribution(NumpyroDistribution):
       validate_args: numpyro's argument validation flag.
     """
 
-    arg_constraints = {}
+    arg_constraints: ClassVar[dict] = {}
     pytree_data_fields = ("params", "context", "key")
     pytree_aux_fields = ("flow",)
 
@@ -93,7 +94,8 @@ class FlowDistribution(NumpyroDistribution):
         value = check_event("FlowDistribution.log_prob", value, None, what="value")
         if self._validate_args:
             self._validate_sample(value)
-        batch_shape = np.broadcast_shapes(batch_shape_of("FlowDistribution", value.shape, self.event_shape), self.batch_shape)
+        value_batch_shape = batch_shape_of("FlowDistribution", value.shape, self.event_shape)
+        batch_shape = np.broadcast_shapes(value_batch_shape, self.batch_shape)
         value = jnp.broadcast_to(value, batch_shape + self.event_shape)
         return self.flow.log_prob(self.params, value, self._context_for(batch_shape), key=self.key)
 
@@ -108,7 +110,9 @@ def _context_batch_shape(flow: Flow, context) -> tuple[int, ...]:
     """Leading axes of a batch of contexts (`()` for none or one); checks the context matches the flow."""
     if flow.context_shape is None:
         if context is not None:
-            raise ValueError(f"FlowDistribution: the flow is unconditional but got a context of shape {jnp.shape(context)}.")
+            raise ValueError(
+                f"FlowDistribution: the flow is unconditional but got a context of shape {jnp.shape(context)}."
+            )
         return ()
     if context is None:
         raise ValueError(f"FlowDistribution: the flow is conditional; pass a context of shape {flow.context_shape}.")
@@ -165,7 +169,8 @@ class BijectorTransform(Transform):
         return y.reshape(x.shape), log_det.reshape(batch_shape)
 
     def tree_flatten(self):
-        return (self.params, self.context), (("params", "context"), {"bijector": self.bijector, "event_shape": self.event_shape})
+        aux = (("params", "context"), {"bijector": self.bijector, "event_shape": self.event_shape})
+        return (self.params, self.context), aux
 
 
 def _unchanged(params, x, context=None):
@@ -202,7 +207,9 @@ class AutoFlowGuide(AutoContinuous):
 
     def __init__(self, model, flow: FlowOrFactory, *, prefix: str = "auto", init_loc_fn=init_to_uniform):
         if not (isinstance(flow, Flow) or callable(flow)):
-            raise TypeError(f"AutoFlowGuide: expected a jaxflow Flow or a function latent_dim -> Flow, got {type(flow).__name__}.")
+            raise TypeError(
+                f"AutoFlowGuide: expected a jaxflow Flow or a function latent_dim -> Flow, got {type(flow).__name__}."
+            )
         self._flow_or_factory = flow
         self.flow = None
         super().__init__(model, prefix=prefix, init_loc_fn=init_loc_fn)

@@ -17,5 +17,6 @@ from jaxflow.train import diagnostics, distill, forward_kl, reverse_kl, sharding
 from jaxflow.train._step import StepInfo, TrainState, init_state, make_step
 
 __all__ = [
-    "StepInfo", "TrainState", "diagnostics", "distill", "forward_kl", "init_state", "make_step", "reverse_kl", "sharding",
+    "StepInfo", "TrainState", "diagnostics", "distill", "forward_kl", "init_state", "make_step", "reverse_kl",
+    "sharding",
 ]

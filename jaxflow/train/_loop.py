@@ -25,7 +25,7 @@ takes exactly the steps the uninterrupted one would have taken.
 from __future__ import annotations
 
 import time
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -115,7 +115,8 @@ def run(
             bar.update(length)
             bar.set_postfix(loss=f"{_mean_finite(infos.loss):.4g}", steps_per_s=f"{steps_per_s:.0f}")
             so_far = {name: values[:done] for name, values in history.items()}
-            stop = any([callback(state, so_far) for callback in callbacks])
+            stops = [callback(state, so_far) for callback in callbacks]  # every callback runs, even after a stop
+            stop = any(stops)
             if save is not None and (stop or done == num_steps or done % save_every == 0):
                 save(state, so_far)
     history = {name: values[:done] for name, values in history.items()}

@@ -267,7 +267,7 @@ def _split(key, data, context, fraction):
     """Splits rows at random into ((train_x, train_context), (valid_x, valid_context) or None)."""
     if not 0 <= fraction < 1:
         raise ValueError(f"validation_fraction must be in [0, 1), got {fraction}.")
-    num_valid = int(round(fraction * data.shape[0]))
+    num_valid = round(float(fraction) * data.shape[0])
     if num_valid == 0:
         return (data, context), None
     if num_valid == data.shape[0]:

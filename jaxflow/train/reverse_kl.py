@@ -31,7 +31,7 @@ Burda et al. (2015) IWAE, https://arxiv.org/abs/1509.00519.
 from __future__ import annotations
 
 import functools
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp

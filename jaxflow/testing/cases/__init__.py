@@ -8,7 +8,13 @@ import importlib
 import pkgutil
 
 from jaxflow.testing.cases._registry import (
-    CASES, TOLERANCES, bijector_case, normal_input, perturbed_params, register, tolerances_for,
+    CASES,
+    TOLERANCES,
+    bijector_case,
+    normal_input,
+    perturbed_params,
+    register,
+    tolerances_for,
 )
 
 for _module in pkgutil.iter_modules(__path__):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import functools
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -48,7 +48,10 @@ def perturbed_params(bijector, key, scale: float):
     params = bijector.init(init_key)
     leaves, treedef = jax.tree.flatten(params)
     keys = jax.random.split(noise_key, max(len(leaves), 1))
-    noisy = [leaf + scale * jax.random.normal(k, jnp.shape(leaf), jnp.result_type(leaf)) for leaf, k in zip(leaves, keys)]
+    noisy = [
+        leaf + scale * jax.random.normal(leaf_key, jnp.shape(leaf), jnp.result_type(leaf))
+        for leaf, leaf_key in zip(leaves, keys)
+    ]
     return jax.tree.unflatten(treedef, noisy)
 
 

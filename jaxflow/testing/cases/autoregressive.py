@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-
-
 from jaxflow.bijectors import transformers
 from jaxflow.bijectors.autoregressive import inverse_autoregressive, masked_autoregressive
 from jaxflow.bijectors.spline import rational_quadratic_spline

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 import jax
 import numpy as np
 
@@ -25,7 +24,9 @@ for _name, _make in {
     "reverse": jb.reverse,
     "lu_linear": lambda: jb.lu_linear(DIM),
     "linear": lambda: jb.linear(DIM),
-    "fixed_linear": lambda: jb.fixed_linear(np.array([[2.0, 0.5, 0, 0], [0.1, 1.0, 0, 0.3], [0, 0, 1.5, 0], [0.2, 0, 0, 0.7]])),
+    "fixed_linear": lambda: jb.fixed_linear(
+        np.array([[2.0, 0.5, 0, 0], [0.1, 1.0, 0, 0.3], [0, 0, 1.5, 0], [0.2, 0, 0, 0.7]])
+    ),
     "actnorm": lambda: jb.actnorm(DIM),
     "elementwise_shared_params": lambda: jb.elementwise(jb.affine(()), DIM),
     "elementwise_per_element_params": lambda: jb.elementwise(jb.scale(()), DIM, shared_params=False),

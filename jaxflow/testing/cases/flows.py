@@ -21,5 +21,7 @@ for _name, _make, _tolerance in [
 ]:
     register(_name, **_tolerance)(bijector_case(lambda make=_make: make().bijector))
 
-register("realnvp_flow_conditional")(bijector_case(lambda: flows.realnvp(DIM, context_dim=2, **SMALL).bijector, context_dim=2))
+register("realnvp_flow_conditional")(
+    bijector_case(lambda: flows.realnvp(DIM, context_dim=2, **SMALL).bijector, context_dim=2)
+)
 register("maf_flow_conditional")(bijector_case(lambda: flows.maf(DIM, context_dim=2, **SMALL).bijector, context_dim=2))

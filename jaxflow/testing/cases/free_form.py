@@ -10,8 +10,6 @@ float64 tolerance would hide a solver that stops early.
 
 from __future__ import annotations
 
-
-
 from jaxflow.bijectors.planar import planar, radial
 from jaxflow.bijectors.sylvester import sylvester
 from jaxflow.testing.cases._registry import bijector_case, register

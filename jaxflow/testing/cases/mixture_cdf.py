@@ -33,7 +33,8 @@ def _case(conditional, key, param_scale, input_scale):
     bijector = _coupling(conditional)
     params_key, x_key, context_key = jax.random.split(key, 3)
     context = jax.random.normal(context_key, (CONTEXT_DIM,)) if conditional else None
-    return bijector, perturbed_params(bijector, params_key, param_scale), normal_input(x_key, (DIM,), input_scale), context
+    params = perturbed_params(bijector, params_key, param_scale)
+    return bijector, params, normal_input(x_key, (DIM,), input_scale), context
 
 
 @register("logistic_mixture_coupling")

@@ -17,7 +17,6 @@ from __future__ import annotations
 import functools
 import math
 
-
 from jaxflow.bijectors.residual import DEFAULT_NUM_SERIES_TERMS, residual
 from jaxflow.testing.cases._registry import bijector_case, register
 
@@ -57,4 +56,6 @@ register("residual_conditional_exact")(
     bijector_case(lambda: residual(DIM, hidden=HIDDEN, context_dim=CONTEXT_DIM), shape=(DIM,), context_dim=CONTEXT_DIM)
 )
 for _log_det in ("series", "russian_roulette"):
-    register(f"residual_{_log_det}", log_det_tol=_tolerance(_log_det))(bijector_case(functools.partial(_stochastic, _log_det), shape=(DIM,)))
+    register(f"residual_{_log_det}", log_det_tol=_tolerance(_log_det))(
+        bijector_case(functools.partial(_stochastic, _log_det), shape=(DIM,))
+    )
