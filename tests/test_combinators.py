@@ -113,6 +113,22 @@ def test_stack_traces_the_layer_once():
     assert len(calls) == 1
 
 
+def test_eager_calls_of_a_stack_trace_its_layer_once():
+    """Eager (un-jitted) calls reuse the compiled scan instead of recompiling it every call."""
+    calls = []
+    layer = jb.affine(DIM)
+
+    def counting_forward(params, x, context=None):
+        calls.append(1)
+        return layer.forward(params, x, context)
+
+    stacked = jf.stack(layer._replace(forward=counting_forward), 4)
+    params = stacked.init(jax.random.key(0))
+    for x in (jnp.zeros(DIM), jnp.ones(DIM), jnp.arange(DIM, dtype=jnp.float32)):
+        stacked.forward(params, x)
+    assert len(calls) == 1
+
+
 def test_data_dependent_initialisation_through_a_stack_standardises_the_batch():
     flow = jf.stack(jf.chain(jb.lu_linear(DIM), jb.actnorm(DIM)), 3)
     params = perturbed_params(flow, jax.random.key(0), 0.3)

@@ -116,6 +116,8 @@ def test_validation_mode_names_the_stack_layer_index():
     stacked = jf.stack(jb.affine(DIM), 5)
     params = stacked.init(jax.random.key(0))
     params = {"shift": params["shift"], "log_scale": params["log_scale"].at[3].set(jnp.inf)}
+    assert not jnp.all(jnp.isfinite(stacked.forward(params, jnp.ones(DIM))[0])), "unchecked first: no report"
+    # The stack reuses its traced body between calls; the checked call must not reuse an unchecked one.
     with pytest.raises(FloatingPointError, match=r"forward output of stack\(affine\) layer 3 contains NaN"):
         jf.validation.checked(stacked.forward)(params, jnp.ones(DIM))
 

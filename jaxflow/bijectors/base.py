@@ -17,6 +17,7 @@ deterministic bijectors keep the three-argument signature.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any, NamedTuple, Protocol
 
@@ -196,20 +197,29 @@ def stack(
         keys = jax.random.split(key, num_layers)
         return jax.vmap(lambda k, c: build(c).init(k))(keys, constants)
 
-    def run(direction, params, x, context, key):
-        _check_stacked_params(params, num_layers, name)
-        keys = None if key is None or not prototype.stochastic else jax.random.split(key, num_layers)
+    # One body function per direction (and validation mode), made once: `lax.scan` caches
+    # its traced body by function identity, so eager calls of the stack compile only once.
+    # The context travels in the carry rather than in a closure for the same reason.
+    @functools.cache
+    def scan_body(direction, validating):
+        del validating  # part of the cache key: validation adds checks at trace time
 
         def body(carry, layer_inputs):
-            x, total = carry
+            x, total, context = carry
             layer_params, layer_constants, layer_key, index = layer_inputs
             y, log_det = transform(build(layer_constants), direction, layer_params, x, context, layer_key)
             validation.check_finite(f"{name} layer", direction, y, log_det, index=index, inputs=x)
-            return (y, total + log_det), None
+            return (y, total + log_det, context), None
 
-        carry = (x, jnp.zeros((), _log_det_dtype(x)))
+        return body
+
+    def run(direction, params, x, context, key):
+        _check_stacked_params(params, num_layers, name)
+        keys = None if key is None or not prototype.stochastic else jax.random.split(key, num_layers)
+        body = scan_body(direction, validation.is_enabled())
+        carry = (x, jnp.zeros((), _log_det_dtype(x)), context)
         scanned = (params, constants, keys, indices)
-        (y, log_det), _ = jax.lax.scan(body, carry, scanned, reverse=direction == "inverse", unroll=unroll)
+        (y, log_det, _), _ = jax.lax.scan(body, carry, scanned, reverse=direction == "inverse", unroll=unroll)
         return y, log_det
 
     def forward(params, x, context=None, *, key=None):
