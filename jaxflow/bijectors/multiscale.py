@@ -14,6 +14,7 @@ Kingma & Dhariwal (2018), Glow, https://arxiv.org/abs/1807.03039
 from __future__ import annotations
 
 import jax.numpy as jnp
+import numpy as np
 
 from jaxflow.bijectors import transformers
 from jaxflow.bijectors._checks import as_shape, check_event
@@ -86,17 +87,7 @@ def multiscale(
 
     References: Kingma & Dhariwal (2018), Glow, https://arxiv.org/abs/1807.03039
     """
-    shape = as_shape(shape)
-    if len(shape) != 3:
-        raise ValueError(f"multiscale: expected an image shape (H, W, C), got {shape}.")
-    if levels < 1 or steps_per_level < 1:
-        raise ValueError(f"multiscale: need levels >= 1 and steps_per_level >= 1, got {levels} and {steps_per_level}.")
-    scale = 2**levels
-    if shape[0] % scale or shape[1] % scale:
-        raise ValueError(
-            f"multiscale: {levels} levels halve H and W {levels} times, so both must be divisible by {scale}; "
-            f"got shape {shape}."
-        )
+    shape = checked_levels(shape, levels, steps_per_level, owner="multiscale")
     network = dict(hidden_channels=hidden_channels, num_blocks=num_blocks, context_dim=context_dim)
 
     def level(level_shape, depth):
@@ -112,3 +103,35 @@ def multiscale(
         return chain(*parts, steps, invert(squeeze(level_shape)), name="multiscale" if depth == 1 else f"level{depth}")
 
     return level(shape, 1)
+
+
+def checked_levels(image_shape, levels, steps_per_level, *, owner: str) -> tuple[int, int, int]:
+    """`image_shape` as a tuple, after checking that `levels` squeezes fit it.
+
+    Raises ValueError (messages start with `owner`) for a shape that is not (H, W, C) of
+    positive sizes, `levels` or `steps_per_level` not a positive int, or H, W not
+    divisible by 2**levels (saying how many levels the shape allows).
+    """
+    shape = as_shape(image_shape)
+    if len(shape) != 3 or min(shape) < 1:
+        raise ValueError(f"{owner}: expected an image shape (H, W, C) of positive sizes, got {shape}.")
+    for name, value in (("levels", levels), ("steps_per_level", steps_per_level)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+            raise ValueError(f"{owner}: {name} must be a positive int, got {value!r}.")
+    height, width, _ = shape
+    scale = 2**levels
+    if height % scale or width % scale:
+        raise ValueError(
+            f"{owner}: {levels} levels squeeze the image {levels} times, halving H and W each time, so both must be "
+            f"divisible by 2**{levels} = {scale}; got shape {shape}, which allows at most "
+            f"{_max_levels(height, width)} level(s). Use fewer levels, or pad or crop the images."
+        )
+    return shape
+
+
+def _max_levels(height: int, width: int) -> int:
+    """The number of times both sizes can be halved exactly."""
+    levels = 0
+    while height % 2 == 0 and width % 2 == 0:
+        height, width, levels = height // 2, width // 2, levels + 1
+    return levels

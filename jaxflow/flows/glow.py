@@ -6,11 +6,9 @@ References: Kingma & Dhariwal (2018), Glow, https://arxiv.org/abs/1807.03039
 from __future__ import annotations
 
 import jax
-import numpy as np
 
 from jaxflow.bijectors import transformers
-from jaxflow.bijectors._checks import as_shape
-from jaxflow.bijectors.multiscale import multiscale
+from jaxflow.bijectors.multiscale import checked_levels, multiscale
 from jaxflow.distributions import Flow, standard_normal
 
 _COUPLINGS = {"affine": transformers.affine, "additive": transformers.additive}
@@ -66,7 +64,7 @@ def glow(
 
     References: Kingma & Dhariwal (2018), Glow, https://arxiv.org/abs/1807.03039
     """
-    shape = _checked_image_shape(image_shape, levels, steps_per_level)
+    shape = checked_levels(image_shape, levels, steps_per_level, owner="glow")
     if coupling not in _COUPLINGS:
         raise ValueError(f"glow: coupling must be one of {sorted(_COUPLINGS)}, got {coupling!r}.")
     bijector = multiscale(
@@ -82,31 +80,3 @@ def glow(
         unroll=(jax.default_backend() == "cpu") if unroll is None else unroll,
     )
     return Flow(standard_normal(shape), bijector, None if context_dim is None else (context_dim,))
-
-
-def _checked_image_shape(image_shape, levels, steps_per_level) -> tuple[int, int, int]:
-    """`image_shape` as a tuple, after checking that `levels` squeezes fit it."""
-    shape = as_shape(image_shape)
-    if len(shape) != 3 or min(shape) < 1:
-        raise ValueError(f"glow: expected an image shape (H, W, C) of positive sizes, got {shape}.")
-    for name, value in (("levels", levels), ("steps_per_level", steps_per_level)):
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-            raise ValueError(f"glow: {name} must be a positive int, got {value!r}.")
-    height, width, _ = shape
-    scale = 2**levels
-    if height % scale or width % scale:
-        fits = _max_levels(height, width)
-        raise ValueError(
-            f"glow: {levels} levels squeeze the image {levels} times, halving H and W each time, so both must be "
-            f"divisible by 2**{levels} = {scale}; got shape {shape}, which allows at most {fits} level(s). "
-            "Use fewer levels, or pad or crop the images."
-        )
-    return shape
-
-
-def _max_levels(height: int, width: int) -> int:
-    """The number of times both sizes can be halved exactly."""
-    levels = 0
-    while height % 2 == 0 and width % 2 == 0:
-        height, width, levels = height // 2, width // 2, levels + 1
-    return levels
