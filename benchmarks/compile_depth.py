@@ -19,7 +19,7 @@ from benchmarks._common import compile_seconds, environment, markdown_table, wri
 
 
 def available(libraries):
-    present = [lib for lib in libraries if lib == "jaxflow" or importlib.util.find_spec(lib)]
+    present = [lib for lib in libraries if lib.startswith("jaxflow") or importlib.util.find_spec(lib)]
     for missing in sorted(set(libraries) - set(present)):
         print(f"note: {missing} is not installed; skipped")
     return present

@@ -41,10 +41,10 @@ def vector_dim(event_shape) -> int:
 # jaxflow -------------------------------------------------------------------------------------
 
 _JAXFLOW_VECTOR_FLOWS = {
-    "realnvp": lambda dim, layers, hidden, bins: flows.realnvp(dim, layers=layers, hidden=hidden),
-    "maf": lambda dim, layers, hidden, bins: flows.maf(dim, layers=layers, hidden=hidden),
-    "nsf": lambda dim, layers, hidden, bins: flows.nsf_coupling(
-        dim, layers=layers, hidden=hidden, bins=bins, bound=4.0),
+    "realnvp": lambda dim, layers, hidden, bins, **options: flows.realnvp(dim, layers=layers, hidden=hidden, **options),
+    "maf": lambda dim, layers, hidden, bins, **options: flows.maf(dim, layers=layers, hidden=hidden, **options),
+    "nsf": lambda dim, layers, hidden, bins, **options: flows.nsf_coupling(
+        dim, layers=layers, hidden=hidden, bins=bins, bound=4.0, **options),
     "nice": lambda dim, layers, hidden, bins: flows.nice(dim, layers=layers, hidden=hidden),
     "iaf": lambda dim, layers, hidden, bins: flows.iaf(dim, layers=layers, hidden=hidden),
     "nsf_autoregressive": lambda dim, layers, hidden, bins: flows.nsf_autoregressive(
@@ -68,9 +68,17 @@ def jaxflow_model(name, key, event_shape, *args, **config) -> Model:
     return Model(flow.init(key), flow.log_prob, lambda params, key, n: flow.sample(params, key, (n,)))
 
 
-def _jaxflow_vector_flow(name, dim, layers, hidden, bins=8):
+def _jaxflow_vector_flow(name, dim, layers, hidden, bins=8, **options):
     """`bins` is the spline bins or Flow++'s mixture components, 8 by default as for the peers."""
-    return _JAXFLOW_VECTOR_FLOWS[name](dim, layers, hidden, bins)
+    return _JAXFLOW_VECTOR_FLOWS[name](dim, layers, hidden, bins, **options)
+
+
+UNROLLED_MODELS = ("realnvp", "maf", "nsf")
+
+
+def jaxflow_unrolled_model(name, key, event_shape, *args, **config) -> Model:
+    """jaxflow's flow with every layer unrolled (`unroll=True`): compile time for run time."""
+    return jaxflow_model(name, key, event_shape, *args, **config, unroll=True)
 
 
 # flowjax -------------------------------------------------------------------------------------
@@ -185,6 +193,7 @@ DISTRAX_MODELS = ("realnvp", "nsf")
 # library -> (the models it expresses, their builder)
 LIBRARIES = {
     "jaxflow": ((*_JAXFLOW_VECTOR_FLOWS, *_JAXFLOW_IMAGE_FLOWS), jaxflow_model),
+    "jaxflow-unrolled": (UNROLLED_MODELS, jaxflow_unrolled_model),
     "flowjax": (FLOWJAX_MODELS, flowjax_model),
     "distrax": (DISTRAX_MODELS, distrax_model),
 }

@@ -8,10 +8,11 @@ compile time of the training step, training-step time (Adam, batch 512), log_pro
 throughput (batch 8192), and the training step's achieved FLOP/s (XLA cost analysis) as a fraction
 of a dense matmul timed in the same run. Vector flows run on events of shape (dim,) for each of the
 suite's dims, image flows on their own (H, W, C); every row says its event shape. Medians over
-repeats, `block_until_ready` on every result. Runs unchanged on CPU/GPU/TPU.
+repeats, `block_until_ready` on every result. Runs unchanged on CPU/GPU/TPU. The
+`jaxflow-unrolled` rows are jaxflow's realnvp/maf/nsf with `unroll=True` (longer compile, no loop).
 
     python -m benchmarks.run --suite quick --out results/quick.json
-    python -m benchmarks.run --suite full --compare flowjax,distrax --out results/full.json
+    python -m benchmarks.run --suite full --compare flowjax,distrax,jaxflow-unrolled --out results/full.json
 """
 
 from __future__ import annotations
@@ -118,7 +119,10 @@ def matmul_gflops(repeats: int, size: int = 1024) -> float:
 def parse_args(argv):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--suite", choices=sorted(SUITES), default="quick")
-    parser.add_argument("--compare", default="flowjax,distrax", help="comma-separated peers ('' for none)")
+    parser.add_argument(
+        "--compare", default="flowjax,distrax,jaxflow-unrolled",
+        help="comma-separated peers ('' for none); jaxflow-unrolled is jaxflow with unroll=True",
+    )
     parser.add_argument("--models", default=",".join(MODELS), help="comma-separated names from MODELS")
     parser.add_argument("--eval-batch", type=int, default=EVAL_BATCH, help="batch of the log_prob and sample timings")
     parser.add_argument("--repeats", type=int, help="timings per median (default: the suite's)")

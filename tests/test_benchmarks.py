@@ -54,3 +54,12 @@ def test_unknown_model_is_a_clear_error(capsys):
     with pytest.raises(SystemExit):
         run.main(["--models", "glow,unet"])
     assert "unknown models ['unet']" in capsys.readouterr().err
+
+
+def test_unrolled_jaxflow_rows_compute_the_same_model():
+    looped = peers.build("jaxflow", "realnvp", jax.random.key(0), 4, 2, (8,))
+    unrolled = peers.build("jaxflow-unrolled", "realnvp", jax.random.key(0), 4, 2, (8,))
+    x = jax.random.normal(jax.random.key(1), (3, 4))
+    params = jax.tree.map(lambda p: p + 0.1, looped.params)
+    assert jax.numpy.allclose(unrolled.log_prob(params, x), looped.log_prob(params, x), atol=1e-5)
+    assert peers.build("jaxflow-unrolled", "glow", jax.random.key(0), (8, 8, 1)) is None

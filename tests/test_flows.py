@@ -43,6 +43,14 @@ def test_builder_program_does_not_grow_with_layers(name):
     assert size(2) == size(32)
 
 
+@pytest.mark.parametrize("name", sorted(BUILDERS))
+def test_unrolled_builder_computes_the_same_flow(name):
+    looped, unrolled = BUILDERS[name](3, layers=3, hidden=(8,)), BUILDERS[name](3, layers=3, hidden=(8,), unroll=True)
+    params = jax.tree.map(lambda p: p + 0.1, looped.init(jax.random.key(0)))
+    x = jax.random.normal(jax.random.key(1), (5, 3))
+    np.testing.assert_allclose(unrolled.log_prob(params, x), looped.log_prob(params, x), rtol=1e-5, atol=1e-5)
+
+
 def test_bad_configuration_is_refused():
     with pytest.raises(ValueError, match="permute"):
         flows.realnvp(4, permute="sideways")

@@ -1,4 +1,10 @@
-"""Ready-made flows: each a `lax.scan` stack of one layer type, returned as a `Flow` ready to `init`."""
+"""Ready-made flows: each a `lax.scan` stack of one layer type, returned as a `Flow` ready to `init`.
+
+The coupling and autoregressive builders share keyword-only options: `layers`, `hidden` (widths of
+each layer's network), `context_dim` (conditional flows), `permute` ("random", "reverse" or "none"
+between layers), `seed` (of the random permutations) and `unroll` (layers per loop iteration,
+see `jaxflow.stack`: compile time for run time).
+"""
 
 from jaxflow.flows.autoregressive import iaf, maf, nsf_autoregressive
 from jaxflow.flows.coupling import nice, nsf_coupling, realnvp

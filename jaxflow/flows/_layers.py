@@ -13,7 +13,7 @@ from jaxflow.distributions import Flow, standard_normal
 
 
 def permuted_stack(
-    make_layer: Callable[[], Bijector], dim: int, num_layers: int, *, permute: str, seed: int
+    make_layer: Callable[[], Bijector], dim: int, num_layers: int, *, permute: str, seed: int, unroll: int | bool = 1
 ) -> Bijector:
     """`num_layers` copies of `make_layer()`, each followed by a reordering, in one `lax.scan`.
 
@@ -21,6 +21,7 @@ def permuted_stack(
       permute: "random" (an independent random permutation per layer, scanned as
         constants), "reverse" (flip, the same every layer) or "none".
       seed: seed of the random permutations (configuration, not params).
+      unroll: layers per loop iteration (see `stack`).
     """
     if permute == "random":
         perms = np.asarray(random_permutations(jax.random.key(seed), num_layers, dim), np.int32)
@@ -29,11 +30,11 @@ def permuted_stack(
             perm, inverse_perm = orders
             return chain(make_layer(), permutation(perm, inverse_perm=inverse_perm))
 
-        return stack(permuted_layer, num_layers, constants=(perms, inverse_permutations(perms)))
+        return stack(permuted_layer, num_layers, constants=(perms, inverse_permutations(perms)), unroll=unroll)
     if permute == "reverse":
-        return stack(chain(make_layer(), reverse()), num_layers)
+        return stack(chain(make_layer(), reverse()), num_layers, unroll=unroll)
     if permute == "none":
-        return stack(make_layer(), num_layers)
+        return stack(make_layer(), num_layers, unroll=unroll)
     raise ValueError(f"permute must be 'random', 'reverse' or 'none', got {permute!r}.")
 
 
