@@ -57,3 +57,19 @@ def pytest_collection_modifyitems(config, items):
 def dtype(request):
     """The float dtype name a test runs in; its float64 half runs in the float64 pass."""
     return request.param
+
+
+@pytest.fixture
+def load_example():
+    """Imports `examples/<name>.py` as a module: the examples are scripts, not a package."""
+    import importlib.util
+    from pathlib import Path
+
+    def load(name):
+        path = Path(__file__).resolve().parents[1] / "examples" / f"{name}.py"
+        spec = importlib.util.spec_from_file_location(f"example_{name}", path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+
+    return load

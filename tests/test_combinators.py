@@ -100,7 +100,8 @@ def test_stack_program_size_does_not_grow_with_depth():
     assert _traced_size(4) == _traced_size(64)
 
 
-def test_stack_traces_the_layer_once():
+def _counting_affine():
+    """An affine layer that records each time its forward is traced or run; returns (layer, calls)."""
     calls = []
     layer = jb.affine(DIM)
 
@@ -108,21 +109,20 @@ def test_stack_traces_the_layer_once():
         calls.append(1)
         return layer.forward(params, x, context)
 
-    stacked = jf.stack(layer._replace(forward=counting_forward), 32)
+    return layer._replace(forward=counting_forward), calls
+
+
+def test_stack_traces_the_layer_once():
+    layer, calls = _counting_affine()
+    stacked = jf.stack(layer, 32)
     jax.jit(stacked.forward)(stacked.init(jax.random.key(0)), jnp.zeros(DIM))
     assert len(calls) == 1
 
 
 def test_eager_calls_of_a_stack_trace_its_layer_once():
     """Eager (un-jitted) calls reuse the compiled scan instead of recompiling it every call."""
-    calls = []
-    layer = jb.affine(DIM)
-
-    def counting_forward(params, x, context=None):
-        calls.append(1)
-        return layer.forward(params, x, context)
-
-    stacked = jf.stack(layer._replace(forward=counting_forward), 4)
+    layer, calls = _counting_affine()
+    stacked = jf.stack(layer, 4)
     params = stacked.init(jax.random.key(0))
     for x in (jnp.zeros(DIM), jnp.ones(DIM), jnp.arange(DIM, dtype=jnp.float32)):
         stacked.forward(params, x)

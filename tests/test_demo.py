@@ -1,25 +1,13 @@
 """The demo's reference posterior: gold-standard draws when the shared data is there, NUTS otherwise."""
 
-import importlib.util
-from pathlib import Path
-
 import jax
 
 from jaxflow import targets
 
-DEMO = Path(__file__).resolve().parents[1] / "examples" / "demo.py"
 
-
-def _demo():
-    spec = importlib.util.spec_from_file_location("example_demo", DEMO)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_without_the_shared_archive_the_reference_comes_from_nuts(tmp_path):
+def test_without_the_shared_archive_the_reference_comes_from_nuts(tmp_path, load_example):
     target = targets.banana()
-    draws, source = _demo().reference_posterior(
+    draws, source = load_example("demo").reference_posterior(
         target, key=jax.random.key(0), path=tmp_path / "missing.npz", num_warmup=300, num_samples=1500
     )
     assert source.startswith("NUTS") and draws.shape == (1500, 2)

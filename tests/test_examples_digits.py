@@ -1,26 +1,15 @@
 """Smoke tests of examples/digits_density.py: each model runs end to end on a tiny budget."""
 
-import importlib.util
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "digits_density.py"
-
-
-def _load_example():
-    spec = importlib.util.spec_from_file_location("example_digits_density", EXAMPLE)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
 
 @pytest.mark.parametrize("model", ["MAF", "NSF"])
-def test_digits_density_runs(tmp_path, model):
+def test_digits_density_runs(tmp_path, load_example, model):
     argv = ["--models", model, "--steps", "3", "--batch-size", "32", "--noise-copies", "1", "--num-samples", "6"]
-    metrics = _load_example().main([*argv, "--out", str(tmp_path)])
+    metrics = load_example("digits_density").main([*argv, "--out", str(tmp_path)])
     assert list(metrics) == [model]
     assert set(metrics[model]) == {"test_log_lik", "bits_per_dim", "train_seconds"}
     assert all(math.isfinite(value) for value in metrics[model].values())
@@ -30,14 +19,14 @@ def test_digits_density_runs(tmp_path, model):
 
 
 @pytest.mark.parametrize("argv", [["--models", "glow"], ["--num-samples", "7"]])
-def test_digits_density_rejects_bad_arguments(tmp_path, capsys, argv):
+def test_digits_density_rejects_bad_arguments(tmp_path, capsys, load_example, argv):
     with pytest.raises(SystemExit):
-        _load_example().main([*argv, "--out", str(tmp_path)])
+        load_example("digits_density").main([*argv, "--out", str(tmp_path)])
     assert "error:" in capsys.readouterr().err
 
 
-def test_mosaic_places_images_row_by_row():
-    digits_density = _load_example()
+def test_mosaic_places_images_row_by_row(load_example):
+    digits_density = load_example("digits_density")
     images = np.arange(4 * 8 * 8, dtype=float).reshape(4, 8, 8)
     tiled = digits_density.mosaic(images, columns=2)
     assert tiled.shape == (2 * 9 - 1, 2 * 9 - 1)

@@ -1,9 +1,7 @@
 """The `glow` builder: shapes, densities against autodiff and hand-computed log-dets, data init, errors, training."""
 
-import importlib.util
 import math
 import operator
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -153,11 +151,8 @@ def test_a_few_training_steps_reduce_the_loss():
 
 
 @pytest.mark.slow
-def test_glow_digits_example_runs(tmp_path):
-    path = Path(__file__).resolve().parents[1] / "examples" / "glow_digits.py"
-    spec = importlib.util.spec_from_file_location("glow_digits", path)
-    example = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(example)
+def test_glow_digits_example_runs(tmp_path, load_example):
+    example = load_example("glow_digits")
     summary = example.main(["--steps", "5", "--out", str(tmp_path)])
     assert math.isfinite(summary["test bits/dim (dequantised)"])
     for name in ("samples.png", "interpolations.png", "thickness.png"):
