@@ -17,8 +17,8 @@ and renames the folder to RUN (an existing RUN is first renamed to RUN.old-<pid>
 then deleted). So RUN, when it exists, is complete.
 
 Resume: `fit` with the same data and options (the step budget may differ) looks at
-RUN and at every RUN.tmp-<pid> left by a process that no longer runs, and continues
-from the most advanced checkpoint among them (adopting a left-over folder by
+RUN and at every RUN.tmp-<pid> left by a process that no longer runs, and resumes
+with the most advanced checkpoint among them (adopting a left-over folder by
 renaming it to its own RUN.tmp-<pid>). A complete RUN whose budget is reached, or
 that stopped early, is reported as complete. A RUN.tmp-<pid> of a live process is
 an error: two fits never write one run.

@@ -84,9 +84,13 @@ def test_stacked_permutations_invert_with_or_without_precomputed_inverses(with_i
     np.testing.assert_array_equal(stacked.forward((), x)[0], y)
 
 
-def test_inverse_permutation_of_the_wrong_size_is_refused():
+def test_a_wrong_inverse_permutation_is_refused():
     with pytest.raises(ValueError, match="inverse_perm has shape"):
         jb.permutation(np.array([1, 0, 2]), inverse_perm=np.array([1, 0]))
+    with pytest.raises(ValueError, match=r"inverse_perm \[1, 2, 0\] does not invert \[1, 2, 0\]"):
+        jb.permutation(np.array([1, 2, 0]), inverse_perm=np.array([1, 2, 0]))
+    y, _ = jb.permutation(np.array([1, 2, 0]), inverse_perm=np.array([2, 0, 1])).inverse((), jnp.arange(3.0))
+    np.testing.assert_array_equal(y, [2.0, 0.0, 1.0])
 
 
 def _traced_size(num_layers):

@@ -30,6 +30,10 @@ def permutation(perm, *, inverse_perm=None, axis: int = -1) -> Bijector:
         inverse_perm = jnp.argsort(perm) if traced else np.argsort(perm).astype(np.int32)
     elif jnp.shape(inverse_perm) != perm.shape:
         raise ValueError(f"permutation: inverse_perm has shape {jnp.shape(inverse_perm)}, expected {perm.shape}.")
+    elif not (traced or isinstance(inverse_perm, jax.core.Tracer)):
+        inverse_perm = np.asarray(inverse_perm).astype(np.int32)
+        if not np.array_equal(perm[inverse_perm], np.arange(perm.size)):
+            raise ValueError(f"permutation: inverse_perm {inverse_perm.tolist()} does not invert {perm.tolist()}.")
     size = perm.shape[0]
 
     def apply(order, x):
@@ -39,7 +43,7 @@ def permutation(perm, *, inverse_perm=None, axis: int = -1) -> Bijector:
                 f"permutation: expected an event with {size} entries along axis {axis}, got shape {x.shape}."
             )
         # The indices are a permutation: unique (so the gradient, a scatter, needs no atomics) and
-        # in bounds (so no clamping).
+        # in bounds (so "clip" never moves one, and no fill mask is needed).
         return jnp.take(x, order, axis=axis, mode="clip", unique_indices=True), jnp.zeros((), x.dtype)
 
     def forward(params, x, context=None):

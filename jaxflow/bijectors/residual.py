@@ -12,8 +12,8 @@ coefficient instead, which makes Lip(g) <= coefficient^L).
 Direction: both papers fit densities, evaluating the explicit map on data and inverting
 it only to sample. jaxflow's `inverse` is the data -> base (density) direction, so it is
 the explicit map, and `forward` (base -> data, sampling) solves x + g(x) = z by the
-fixed-point iteration x <- z - g(x), a contraction with rate Lip(g). Its derivatives come
-from the implicit function theorem, with the linear solves (I + J_g) v = b also done by
+fixed-point iteration x <- z - g(x), a contraction with rate Lip(g). Its derivatives
+follow from the implicit function theorem, with the linear solves (I + J_g) v = b also done by
 fixed-point iteration. Use `invert` to make sampling the explicit direction instead.
 
 The log-det, log det(I + J_g(x)), is always evaluated at the data-side point x, so

@@ -56,6 +56,4 @@ def nsf_autoregressive(
     """
     layer_fn = inverse_autoregressive if inverse else masked_autoregressive
     spline = rational_quadratic_spline(num_bins=bins, bound=bound)
-    return _autoregressive_flow(
-        layer_fn, dim, spline, layers, hidden, context_dim, permute, seed, unroll
-    )
+    return _autoregressive_flow(layer_fn, dim, spline, layers, hidden, context_dim, permute, seed, unroll)

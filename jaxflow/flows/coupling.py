@@ -29,9 +29,7 @@ def nice(
 
     References: Dinh et al. (2014), https://arxiv.org/abs/1410.8516
     """
-    flow = _coupling_flow(
-        dim, transformers.additive(), layers, hidden, context_dim, permute, seed, unroll
-    )
+    flow = _coupling_flow(dim, transformers.additive(), layers, hidden, context_dim, permute, seed, unroll)
     return flow._replace(bijector=chain(flow.bijector, scale(dim), name="nice"))
 
 
@@ -43,9 +41,7 @@ def realnvp(
 
     References: Dinh et al. (2016), https://arxiv.org/abs/1605.08803
     """
-    return _coupling_flow(
-        dim, transformers.affine(), layers, hidden, context_dim, permute, seed, unroll
-    )
+    return _coupling_flow(dim, transformers.affine(), layers, hidden, context_dim, permute, seed, unroll)
 
 
 def nsf_coupling(
@@ -57,6 +53,4 @@ def nsf_coupling(
     References: Durkan et al. (2019), https://arxiv.org/abs/1906.04032
     """
     spline = rational_quadratic_spline(num_bins=bins, bound=bound)
-    return _coupling_flow(
-        dim, spline, layers, hidden, context_dim, permute, seed, unroll
-    )
+    return _coupling_flow(dim, spline, layers, hidden, context_dim, permute, seed, unroll)

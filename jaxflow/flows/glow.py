@@ -5,10 +5,9 @@ References: Kingma & Dhariwal (2018), Glow, https://arxiv.org/abs/1807.03039
 
 from __future__ import annotations
 
-import jax
-
 from jaxflow.bijectors import transformers
-from jaxflow.bijectors.multiscale import checked_levels, multiscale
+from jaxflow.bijectors._checks import as_shape
+from jaxflow.bijectors.multiscale import multiscale
 from jaxflow.distributions import Flow, standard_normal
 
 _COUPLINGS = {"affine": transformers.affine, "additive": transformers.additive}
@@ -50,10 +49,8 @@ def glow(
       learned_prior: give the factored-out channels Glow's learned prior, a Gaussian
         whose mean and scale depend on the channels that stay.
       context_dim: size of the context vector for a conditional flow.
-      unroll: steps per loop iteration within a level (see `stack`). The default
-        unrolls them all on CPU, where XLA computes convolution gradients inside a
-        loop about 18x slower than outside one (measured, jax 0.10), and keeps the
-        loop elsewhere.
+      unroll: steps per loop iteration within a level (see `multiscale`: by default
+        unrolled on CPU, looped elsewhere).
 
     Returns:
       A `Flow` over events of shape `image_shape`.
@@ -64,11 +61,10 @@ def glow(
 
     References: Kingma & Dhariwal (2018), Glow, https://arxiv.org/abs/1807.03039
     """
-    shape = checked_levels(image_shape, levels, steps_per_level, owner="glow")
     if coupling not in _COUPLINGS:
         raise ValueError(f"glow: coupling must be one of {sorted(_COUPLINGS)}, got {coupling!r}.")
     bijector = multiscale(
-        shape,
+        image_shape,
         levels=levels,
         steps_per_level=steps_per_level,
         transformer=_COUPLINGS[coupling](),
@@ -77,6 +73,8 @@ def glow(
         lu=lu,
         learned_prior=learned_prior,
         context_dim=context_dim,
-        unroll=(jax.default_backend() == "cpu") if unroll is None else unroll,
+        unroll=unroll,
+        name="glow",
     )
+    shape = as_shape(image_shape)
     return Flow(standard_normal(shape), bijector, None if context_dim is None else (context_dim,))

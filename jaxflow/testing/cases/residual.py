@@ -5,7 +5,7 @@ input's dtype, so round trips and log-dets stay far within 2e-3 (float32) and 1e
 (float64).
 
 The stochastic cases return one random estimate per key, so their log-dets can differ
-from slogdet(jacfwd) by the estimator's error. They are registered with `log_det_tol` set
+by the estimator's error from slogdet(jacfwd). They are registered with `log_det_tol` set
 to a bound on that error for any key, params and input, which keeps every other check of
 the kit sharp: round trips, forward and inverse estimates cancelling for one key, jit and
 vmap giving the estimate of the same key, finite gradients. Whether the estimates are
