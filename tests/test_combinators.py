@@ -9,6 +9,7 @@ import pytest
 
 import jaxflow as jf
 from jaxflow import bijectors as jb
+from jaxflow.bijectors import base
 from jaxflow.testing import perturbed_params
 
 DIM = 4
@@ -53,6 +54,36 @@ def test_stack_equals_a_python_loop_over_layers(direction, unroll):
         total += ld
     np.testing.assert_allclose(y, expected, rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose(log_det, total, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.float64
+def test_stack_gradients_equal_the_python_loops():
+    num_layers = 3
+    layer = _layer()
+    stacked = jf.stack(layer, num_layers)
+    params = perturbed_params(stacked, jax.random.key(1), 0.4)
+    x = jax.random.normal(jax.random.key(2), (DIM,))
+
+    def looped(params):
+        y, total = x, 0.0
+        for i in range(num_layers):
+            y, log_det = layer.forward(jax.tree.map(operator.itemgetter(i), params), y)
+            total += log_det
+        return jnp.sum(y**2) + total
+
+    expected = jax.grad(looped)(params)
+    got = jax.grad(lambda p: (lambda y, ld: jnp.sum(y**2) + ld)(*stacked.forward(p, x)))(params)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12), got, expected)
+
+
+@pytest.mark.parametrize("select_vectors", [False, True])
+def test_a_layers_params_are_its_own_slice_and_nothing_else(select_vectors):
+    stacked_params = {"bias": jnp.arange(12.0).reshape(3, 4), "kernel": jnp.arange(24.0).reshape(3, 2, 4)}
+    stacked_params["bias"] = stacked_params["bias"].at[0].set(jnp.nan).at[2].set(jnp.inf)
+    sliced, selected = base._partition_layer_params(stacked_params, select_vectors=select_vectors)
+    layer_slice = jax.tree.map(lambda leaf: leaf[1], sliced)  # what lax.scan hands layer 1
+    layer = base._merge_layer_params(layer_slice, selected, jnp.int32(1))
+    jax.tree.map(np.testing.assert_array_equal, layer, jax.tree.map(operator.itemgetter(1), stacked_params))
 
 
 def test_stack_scans_per_layer_constants():
