@@ -110,11 +110,11 @@ def made_masks(
 ) -> list[np.ndarray]:
     """Connectivity masks, input (dim + context_dim) to output (dim * num_params), for the degrees.
 
-    Output unit `j * num_params + p` is param p of dimension j, so the output reshapes
-    to (dim, num_params) for free.
+    Output unit `p * dim + j` is param p of dimension j: each param is one contiguous
+    block, so the element-wise kernels that read it get unit-stride slices.
     """
     input_degrees = np.concatenate([order + 1, np.zeros(context_dim, int)])
-    output_degrees = np.repeat(order, num_params)
+    output_degrees = np.tile(order, num_params)
     degrees = [input_degrees, *hidden_degrees, output_degrees]
     return [previous[:, None] <= following[None, :] for previous, following in itertools.pairwise(degrees)]
 
@@ -164,6 +164,6 @@ def made(
         return module.init(key, jnp.zeros(dim + (context_dim or 0)))
 
     def apply(params, x, context=None):
-        return module.apply(params, inputs(x, context)).reshape(dim, num_params)
+        return module.apply(params, inputs(x, context)).reshape(num_params, dim).T
 
     return Conditioner(init, apply)
