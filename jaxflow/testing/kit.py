@@ -36,30 +36,38 @@ def _jacobian_log_det(fn, x):
     return jnp.linalg.slogdet(jacobian)[1]
 
 
-# The compiled parts take the bijector as a static argument, so checking one bijector at
-# many inputs (hypothesis) compiles each of them once.
-@functools.partial(jax.jit, static_argnames=("bijector", "direction"))
-def _apply(bijector, direction, params, x, context, key):
-    return transform(bijector, direction, params, x, context, key)
+# Every value the contract compares comes from one compiled program, which takes the
+# bijector as a static argument: checking one bijector at many inputs (hypothesis)
+# compiles it once, and one program compiles faster than one per check.
+@functools.partial(jax.jit, static_argnames=("bijector", "check_jacobian"))
+def _contract_values(bijector, params, x, batch, context, key, check_jacobian):
+    def forward(v):
+        return transform(bijector, "forward", params, v, context, key)
 
+    def inverse(v):
+        return transform(bijector, "inverse", params, v, context, key)
 
-@functools.partial(jax.jit, static_argnames=("bijector", "direction"))
-def _apply_batch(bijector, direction, params, xs, context, key):
-    return jax.vmap(lambda x: transform(bijector, direction, params, x, context, key))(xs)
+    def gradients(direction, point):
+        def loss(p, v):
+            out, log_det = transform(bijector, direction, p, v, context, key)
+            return jnp.sum(jnp.sin(out)) + log_det
 
+        return jax.grad(loss, argnums=(0, 1))(params, point)
 
-@functools.partial(jax.jit, static_argnames=("bijector", "direction"))
-def _jacobian(bijector, direction, params, x, context, key):
-    return _jacobian_log_det(lambda v: transform(bijector, direction, params, v, context, key)[0], x)
-
-
-@functools.partial(jax.jit, static_argnames=("bijector", "direction"))
-def _gradients(bijector, direction, params, x, context, key):
-    def loss(p, v):
-        out, log_det = transform(bijector, direction, p, v, context, key)
-        return jnp.sum(jnp.sin(out)) + log_det
-
-    return jax.grad(loss, argnums=(0, 1))(params, x)
+    y, log_det = forward(x)
+    x_back, inverse_log_det = inverse(y)
+    # One event per call, in a loop: forward(inverse(y)), then each row of the batch.
+    row_y, row_log_det = jax.lax.map(forward, jnp.concatenate([x_back[None], batch]))
+    values = {
+        "y": y, "log_det": log_det, "x_back": x_back, "inverse_log_det": inverse_log_det,
+        "y_again": row_y[0], "row_y": row_y[1:], "row_log_det": row_log_det[1:],
+        "batch": jax.vmap(forward)(batch),
+        "gradients": {"forward": gradients("forward", x), "inverse": gradients("inverse", y)},
+    }
+    if check_jacobian:
+        values["forward_reference"] = _jacobian_log_det(lambda v: forward(v)[0], x)
+        values["inverse_reference"] = _jacobian_log_det(lambda v: inverse(v)[0], y)
+    return values
 
 
 def check_bijector(
@@ -105,7 +113,6 @@ def _check(bijector, params, x, context, key, tol, log_det_tol, check_jacobian):
     log_det_tol = tol if log_det_tol is None else log_det_tol
     key = jax.random.key(0) if key is None else key
     label = bijector.name
-    args = (context, key)
 
     y, log_det = transform(bijector, "forward", params, x, context, key)  # eager
     _finite(f"{label} forward", (y, log_det))
@@ -114,28 +121,24 @@ def _check(bijector, params, x, context, key, tol, log_det_tol, check_jacobian):
     if y.dtype != x.dtype or jnp.result_type(log_det) != x.dtype:
         raise AssertionError(f"{label}: dtypes changed: x {x.dtype} -> y {y.dtype}, log_det {jnp.result_type(log_det)}")
 
-    jit_y, jit_log_det = _apply(bijector, "forward", params, x, *args)
-    _close(f"{label} jit forward == eager", jit_y, y, tol)
-    _close(f"{label} jit forward log_det == eager", jit_log_det, log_det, log_det_tol)
+    batch = jnp.stack([x, 0.5 * x, jnp.roll(x.reshape(-1), 1).reshape(x.shape)])
+    values = _contract_values(bijector, params, x, batch, context, key, check_jacobian)
+    _close(f"{label} jit forward == eager", values["y"], y, tol)
+    _close(f"{label} jit forward log_det == eager", values["log_det"], log_det, log_det_tol)
 
-    x_back, inverse_log_det = _apply(bijector, "inverse", params, y, *args)
-    _close(f"{label} inverse(forward(x))", x_back, x, tol)
+    inverse_log_det = values["inverse_log_det"]
+    _close(f"{label} inverse(forward(x))", values["x_back"], x, tol)
     _close(f"{label} inverse log_det = -forward log_det", inverse_log_det, -log_det, log_det_tol)
-    y_again, _ = _apply(bijector, "forward", params, x_back, *args)
-    _close(f"{label} forward(inverse(y))", y_again, y, tol)
+    _close(f"{label} forward(inverse(y))", values["y_again"], y, tol)
 
     if check_jacobian:
-        forward_reference = _jacobian(bijector, "forward", params, x, *args)
-        _close(f"{label} forward log_det vs slogdet(jacfwd)", log_det, forward_reference, log_det_tol)
-        inverse_reference = _jacobian(bijector, "inverse", params, y, *args)
-        _close(f"{label} inverse log_det vs slogdet(jacfwd)", inverse_log_det, inverse_reference, log_det_tol)
+        _close(f"{label} forward log_det vs slogdet(jacfwd)", log_det, values["forward_reference"], log_det_tol)
+        _close(f"{label} inverse log_det vs slogdet(jacfwd)", inverse_log_det, values["inverse_reference"], log_det_tol)
 
-    batch = jnp.stack([x, 0.5 * x, jnp.roll(x.reshape(-1), 1).reshape(x.shape)])
-    batch_y, batch_log_det = _apply_batch(bijector, "forward", params, batch, *args)
+    batch_y, batch_log_det = values["batch"]
     for i in range(batch.shape[0]):
-        row_y, row_log_det = _apply(bijector, "forward", params, batch[i], *args)
-        _close(f"{label} vmap forward row {i}", batch_y[i], row_y, tol)
-        _close(f"{label} vmap forward log_det row {i}", batch_log_det[i], row_log_det, log_det_tol)
+        _close(f"{label} vmap forward row {i}", batch_y[i], values["row_y"][i], tol)
+        _close(f"{label} vmap forward log_det row {i}", batch_log_det[i], values["row_log_det"][i], log_det_tol)
 
-    for direction, point in (("forward", x), ("inverse", y)):
-        _finite(f"{label} {direction} gradients (params, input)", _gradients(bijector, direction, params, point, *args))
+    for direction in ("forward", "inverse"):
+        _finite(f"{label} {direction} gradients (params, input)", values["gradients"][direction])
