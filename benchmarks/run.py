@@ -5,10 +5,11 @@ For each ready-made flow (realnvp: dim 16, 8 layers; maf: dim 16, 5 layers; nsf:
 planar, radial and Sylvester flows, and Glow on 8x8x1 images: 3 levels of 4 steps, CNN couplings
 of 64 channels, the configuration of examples/glow_digits.py) and each library that can express it:
 compile time of the training step, training-step time (Adam, batch 512), log_prob and sample
-throughput (batch 8192), and the training step's achieved FLOP/s (XLA cost analysis) as a fraction
-of a dense matmul timed in the same run. Vector flows run on events of shape (dim,) for each of the
-suite's dims, image flows on their own (H, W, C); every row says its event shape. Medians over
-repeats, `block_until_ready` on every result. Runs unchanged on CPU/GPU/TPU. The
+throughput (batch 8192), and the training step's achieved matrix-product FLOP/s (counted from the
+jaxpr, loops per iteration: benchmarks/flops.py) as a fraction of a dense matmul timed in the same
+run. Vector flows run on events of shape (dim,) for each of the suite's dims, image flows on their
+own (H, W, C); every row says its event shape. Medians over repeats, `block_until_ready` on every
+result. Runs unchanged on CPU/GPU/TPU. The
 `jaxflow-unrolled` rows are jaxflow's realnvp/maf/nsf with `unroll=True` (longer compile, no loop).
 
     python -m benchmarks.run --suite quick --out results/quick.json
@@ -27,6 +28,7 @@ import optax
 from benchmarks import peers
 from benchmarks._common import environment, markdown_table, median_seconds, write_json
 from benchmarks.compile_depth import available
+from benchmarks.flops import matmul_flops
 
 MODELS = {
     "realnvp": dict(layers=8, hidden=(128, 128)),
@@ -82,7 +84,7 @@ def measure_model(model, event_shape, *, train_batch, eval_batch, repeats, train
     start = time.perf_counter()
     compiled = jax.jit(step).lower(model.params, opt_state, x_train).compile()
     compile_s = time.perf_counter() - start
-    flops = (compiled.cost_analysis() or {}).get("flops", float("nan"))
+    flops = matmul_flops(step, model.params, opt_state, x_train)
 
     def run_steps(num_steps):
         params, state = model.params, opt_state
