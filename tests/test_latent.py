@@ -37,15 +37,18 @@ def test_interpolation_starts_and_ends_at_the_endpoints(model, spherical):
         np.testing.assert_allclose(steps, steps[0], rtol=1e-4)  # evenly spaced in latent space
 
 
+# Exact algebra, checked in float64: the perturbed flow maps a few of these points far out
+# (|x| ~ 45), where a float32 round trip loses up to 0.2 in latent space.
+@pytest.mark.float64
 def test_attribute_vector_moves_one_group_onto_the_other(model):
     flow, params = model
     without = jax.random.normal(jax.random.key(2), (64, 3))
     z_without = latent.encode(flow, params, without)
     shifted = latent.decode(flow, params, z_without + jnp.array([1.0, 0.0, -0.5]))
     vector = latent.attribute_vector(flow, params, shifted, without)
-    np.testing.assert_allclose(vector, [1.0, 0.0, -0.5], atol=1e-3)
+    np.testing.assert_allclose(vector, [1.0, 0.0, -0.5], atol=1e-9)
     moved = latent.apply_attribute(flow, params, without, vector)
-    np.testing.assert_allclose(moved, shifted, atol=1e-3)
+    np.testing.assert_allclose(moved, shifted, atol=1e-9)
 
 
 def test_temperature_scales_the_latent_spread(model):
