@@ -38,9 +38,11 @@ def _layer():
 
 
 @pytest.mark.float64  # float32 rounding differs with the order of operations, 1e-4 after 5 layers
+@pytest.mark.parametrize("select_vectors", [True, False])  # the CPU path, and the GPU/TPU path
 @pytest.mark.parametrize("unroll", [1, 2, True])  # 2 does not divide 5: a remainder iteration
 @pytest.mark.parametrize("direction", ["forward", "inverse"])
-def test_stack_equals_a_python_loop_over_layers(direction, unroll):
+def test_stack_equals_a_python_loop_over_layers(direction, unroll, select_vectors, monkeypatch):
+    monkeypatch.setattr(base, "_selects_layer_vectors", lambda: select_vectors)
     num_layers = 5
     layer = _layer()
     stacked = jf.stack(layer, num_layers, unroll=unroll)
@@ -57,7 +59,9 @@ def test_stack_equals_a_python_loop_over_layers(direction, unroll):
 
 
 @pytest.mark.float64
-def test_stack_gradients_equal_the_python_loops():
+@pytest.mark.parametrize("select_vectors", [True, False])
+def test_stack_gradients_equal_the_python_loops(select_vectors, monkeypatch):
+    monkeypatch.setattr(base, "_selects_layer_vectors", lambda: select_vectors)
     num_layers = 3
     layer = _layer()
     stacked = jf.stack(layer, num_layers)

@@ -218,7 +218,7 @@ def stack(
         _check_stacked_params(params, num_layers, name)
         keys = None if key is None or not prototype.stochastic else jax.random.split(key, num_layers)
         body = scan_body(direction, validation.is_enabled())
-        sliced_params, selected_params = _partition_layer_params(params, select_vectors=jax.default_backend() == "cpu")
+        sliced_params, selected_params = _partition_layer_params(params, select_vectors=_selects_layer_vectors())
         carry = (x, jnp.zeros((), _log_det_dtype(x)), context, selected_params)
         scanned = (sliced_params, constants, keys, indices)
         (y, log_det, *_), _ = jax.lax.scan(body, carry, scanned, reverse=direction == "inverse", unroll=unroll)
@@ -247,6 +247,11 @@ def stack(
         stochastic,
         data_init if prototype.data_init is not None else None,
     )
+
+
+def _selects_layer_vectors() -> bool:
+    """Whether stacks select per-layer vectors by a masked sum: on CPU (see `_partition_layer_params`)."""
+    return jax.default_backend() == "cpu"
 
 
 def _partition_layer_params(params, *, select_vectors: bool):
