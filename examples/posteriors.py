@@ -72,29 +72,6 @@ K_HAT_THRESHOLD = 0.7
 NUM_DRAWS = 20_000
 
 
-def laplace_start(target: targets.Target, num_steps: int = 200) -> tuple[np.ndarray, np.ndarray]:
-    """Mode (by L-BFGS from 0) and marginal sds (from the inverse Hessian) of the Laplace approximation."""
-    negative_log_density = lambda x: -target.log_density(x)  # noqa: E731
-    solver = optax.lbfgs()
-    value_and_grad = optax.value_and_grad_from_state(negative_log_density)
-
-    def step(carry, _):
-        x, state = carry
-        value, grad = value_and_grad(x, state=state)
-        updates, state = solver.update(grad, state, x, value=value, grad=grad, value_fn=negative_log_density)
-        return (optax.apply_updates(x, updates), state), None
-
-    @jax.jit
-    def mode_and_sd(x):
-        (mode, _), _ = jax.lax.scan(step, (x, solver.init(x)), length=num_steps)
-        return mode, jnp.sqrt(jnp.diag(jnp.linalg.inv(jax.hessian(negative_log_density)(mode))))
-
-    mode, sd = mode_and_sd(jnp.zeros(target.dim))
-    if not (jnp.all(jnp.isfinite(mode)) and jnp.all(jnp.isfinite(sd))):
-        raise ValueError(f"{target.name}: found no mode with a positive-definite Hessian for the Laplace start.")
-    return np.asarray(mode), np.asarray(sd)
-
-
 def eight_schools_start(target: targets.Target) -> tuple[np.ndarray, np.ndarray]:
     """theta and mu at N(0, 5^2), mu's prior; log tau at N(0, 1)."""
     return np.zeros(target.dim), np.array([5.0] * (target.dim - 1) + [1.0])
@@ -125,14 +102,14 @@ class Recipe:
 
 RECIPES = {
     "neal_funnel": Recipe(targets.neal_funnel, steps=3000),
-    "banana": Recipe(targets.banana, laplace_start, steps=4000, anneal_steps=2000),
+    "banana": Recipe(targets.banana, targets.laplace_approximation, steps=4000, anneal_steps=2000),
     "logreg_breast_cancer": Recipe(
-        targets.logistic_regression_breast_cancer, laplace_start, "realnvp", steps=2000, num_samples=128
+        targets.logistic_regression_breast_cancer, targets.laplace_approximation, "realnvp", steps=2000, num_samples=128
     ),
     "eight_schools_centered": Recipe(
         targets.eight_schools_centered, eight_schools_start, "realnvp", layers=8, steps=6000
     ),
-    "arK": Recipe(targets.ark, laplace_start, layers=2, steps=1500),
+    "arK": Recipe(targets.ark, targets.laplace_approximation, layers=2, steps=1500),
 }
 DEFAULT_TARGETS = ("neal_funnel", "banana", "logreg_breast_cancer", "eight_schools_centered")
 

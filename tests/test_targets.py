@@ -222,3 +222,25 @@ def test_reverse_kl_recovers_the_reference_posterior(make_target, loc, scale, st
     reference = targets.reference_draws(target.reference_key)
     mean_error = (draws.mean(0) - reference.mean(0)) / reference.std(0)
     assert np.abs(mean_error).max() < 0.1
+
+
+@pytest.mark.float64
+def test_laplace_approximation_of_a_correlated_gaussian_is_its_mean_and_marginal_sds():
+    mean = np.array([1.0, -2.0, 0.5])
+    factor = np.array([[1.0, 0.0, 0.0], [0.6, 0.8, 0.0], [-0.3, 0.2, 0.5]])
+    covariance = factor @ factor.T
+    precision = jnp.asarray(np.linalg.inv(covariance))
+
+    def log_density(x):
+        centred = x - mean
+        return -0.5 * centred @ precision @ centred
+
+    mode, sd = targets.laplace_approximation(targets.Target("gaussian", 3, log_density, None))
+    np.testing.assert_allclose(mode, mean, atol=1e-8)
+    np.testing.assert_allclose(sd, np.sqrt(np.diag(covariance)), rtol=1e-8)
+
+
+def test_laplace_approximation_of_a_density_without_a_mode_is_refused():
+    ramp = targets.Target("ramp", 2, lambda x: jnp.sum(x), None)
+    with pytest.raises(ValueError, match="ramp has no mode with a positive-definite Hessian"):
+        targets.laplace_approximation(ramp)
