@@ -8,8 +8,9 @@ compile time of the training step, training-step time (Adam, batch 512), log_pro
 throughput (batch 8192), and the training step's achieved matrix-product FLOP/s (counted from the
 jaxpr, loops per iteration: benchmarks/flops.py) as a fraction of a dense matmul timed in the same
 run. Vector flows run on events of shape (dim,) for each of the suite's dims, image flows on their
-own (H, W, C); every row says its event shape. Medians over repeats, `block_until_ready` on every
-result. Runs unchanged on CPU/GPU/TPU. The
+own (H, W, C); every row says its event shape. Medians over repeats, each repeat timing every
+library in turn (so a change in the machine's load reaches all of them alike), `block_until_ready`
+on every result. Runs unchanged on CPU/GPU/TPU. The
 `jaxflow-unrolled` rows are jaxflow's realnvp/maf/nsf with `unroll=True` (longer compile, no loop).
 
     python -m benchmarks.run --suite quick --out results/quick.json
@@ -19,7 +20,9 @@ result. Runs unchanged on CPU/GPU/TPU. The
 from __future__ import annotations
 
 import argparse
+import statistics
 import time
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -72,8 +75,20 @@ def train_step_fn(model, optimizer):
     return step
 
 
-def measure_model(model, event_shape, *, train_batch, eval_batch, repeats, train_steps) -> dict:
-    """Compile time, step time, throughputs and FLOP/s of one model on events of `event_shape`."""
+MEASURES = ("train", "log_prob", "sample")
+
+
+class Prepared(NamedTuple):
+    """One model compiled and warmed up: its compile time, training-step FLOPs and timed calls."""
+
+    compile_s: float
+    train_flops: float
+    calls: dict  # measure -> a call that blocks until its result is ready
+    per_call: dict  # measure -> how many steps or events one call covers
+
+
+def prepare_model(model, event_shape, *, train_batch, eval_batch, train_steps) -> Prepared:
+    """Compiles the training step, log_prob and sample of one model on events of `event_shape`."""
     key = jax.random.key(0)
     x_train = jax.random.normal(key, (train_batch, *event_shape))
     x_eval = jax.random.normal(key, (eval_batch, *event_shape))
@@ -84,29 +99,59 @@ def measure_model(model, event_shape, *, train_batch, eval_batch, repeats, train
     start = time.perf_counter()
     compiled = jax.jit(step).lower(model.params, opt_state, x_train).compile()
     compile_s = time.perf_counter() - start
-    flops = matmul_flops(step, model.params, opt_state, x_train)
 
-    def run_steps(num_steps):
+    def train():
         params, state = model.params, opt_state
-        for _ in range(num_steps):
+        for _ in range(train_steps):
             params, state, loss = compiled(params, state, x_train)
         _block(loss)
 
-    run_steps(1)  # warm-up
-    step_s = median_seconds(lambda: run_steps(train_steps), repeats) / train_steps
-
     log_prob = jax.jit(model.log_prob)
-    _block(log_prob(model.params, x_eval))
-    log_prob_s = median_seconds(lambda: _block(log_prob(model.params, x_eval)), repeats)
     sample = jax.jit(model.sample, static_argnums=2)
-    _block(sample(model.params, key, eval_batch))
-    sample_s = median_seconds(lambda: _block(sample(model.params, key, eval_batch)), repeats)
+    calls = {
+        "train": train,
+        "log_prob": lambda: _block(log_prob(model.params, x_eval)),
+        "sample": lambda: _block(sample(model.params, key, eval_batch)),
+    }
+    for call in calls.values():  # warm-up
+        call()
+    flops = matmul_flops(step, model.params, opt_state, x_train)
+    return Prepared(compile_s, flops, calls, {"train": train_steps, "log_prob": eval_batch, "sample": eval_batch})
+
+
+def measure_models(models: dict, event_shape, *, train_batch, eval_batch, repeats, train_steps) -> dict:
+    """Per library: compile time, step time, throughputs and FLOP/s of its model on `event_shape`.
+
+    The timings are interleaved: each repeat times every library in turn, so a change in the
+    machine's load during the run reaches all of them alike. Medians over `repeats`.
+    """
+    prepared = {
+        library: prepare_model(model, event_shape, train_batch=train_batch, eval_batch=eval_batch,
+                               train_steps=train_steps)
+        for library, model in models.items()
+    }
+    seconds = {library: {measure: [] for measure in MEASURES} for library in prepared}
+    for _ in range(repeats):
+        for library, ready in prepared.items():
+            for measure in MEASURES:
+                seconds[library][measure].append(_seconds(ready.calls[measure]))
+    return {library: _summary(ready, seconds[library]) for library, ready in prepared.items()}
+
+
+def _seconds(call) -> float:
+    start = time.perf_counter()
+    call()
+    return time.perf_counter() - start
+
+
+def _summary(ready: Prepared, seconds: dict) -> dict:
+    step_s = statistics.median(seconds["train"]) / ready.per_call["train"]
     return {
-        "compile_s": compile_s,
+        "compile_s": ready.compile_s,
         "train_step_ms": 1e3 * step_s,
-        "log_prob_per_s": eval_batch / log_prob_s,
-        "sample_per_s": eval_batch / sample_s,
-        "train_gflops": flops / step_s / 1e9,
+        "log_prob_per_s": ready.per_call["log_prob"] / statistics.median(seconds["log_prob"]),
+        "sample_per_s": ready.per_call["sample"] / statistics.median(seconds["sample"]),
+        "train_gflops": ready.train_flops / step_s / 1e9,
     }
 
 
@@ -158,16 +203,19 @@ def main(argv=None):
     for name in args.models.split(","):
         for event_shape in event_shapes(name, settings["dims"]):
             for train_batch in settings["train_batches"]:
+                models = {}
                 for library in libraries:
                     model = peers.build(library, name, jax.random.key(1), event_shape, **MODELS[name])
                     if model is None:
                         print(f"note: {library} cannot express {name}; skipped")
-                        continue
+                    else:
+                        models[library] = model
+                measured = measure_models(models, event_shape, train_batch=train_batch,
+                                          eval_batch=settings["eval_batch"], repeats=settings["repeats"],
+                                          train_steps=settings["train_steps"])
+                for library, measures in measured.items():
                     row = {"model": name, "event_shape": event_shape, "train_batch": train_batch,
-                           "eval_batch": settings["eval_batch"], "library": library}
-                    row.update(measure_model(model, event_shape, train_batch=train_batch,
-                                             eval_batch=settings["eval_batch"], repeats=settings["repeats"],
-                                             train_steps=settings["train_steps"]))
+                           "eval_batch": settings["eval_batch"], "library": library, **measures}
                     row["flops_fraction"] = row["train_gflops"] / peak
                     rows.append(row)
                     print(row, flush=True)
