@@ -63,3 +63,23 @@ def test_unrolled_jaxflow_rows_compute_the_same_model():
     params = jax.tree.map(lambda p: p + 0.1, looped.params)
     assert jax.numpy.allclose(unrolled.log_prob(params, x), looped.log_prob(params, x), atol=1e-5)
     assert peers.build("jaxflow-unrolled", "glow", jax.random.key(0), (8, 8, 1)) is None
+
+
+def test_each_repeat_times_every_library_in_turn(monkeypatch):
+    timed = []
+
+    def prepare(model, event_shape, *, train_batch, eval_batch, train_steps):
+        calls = {measure: (lambda measure=measure: timed.append((model, measure))) for measure in run.MEASURES}
+        return run.Prepared(1.0, 2e9, calls, {"train": train_steps, "log_prob": eval_batch, "sample": eval_batch})
+
+    monkeypatch.setattr(run, "prepare_model", prepare)
+    measured = run.measure_models(
+        {"first": "A", "second": "B"}, (4,), train_batch=4, eval_batch=8, repeats=2, train_steps=2
+    )
+    assert [model for model, _ in timed] == ["A"] * 3 + ["B"] * 3 + ["A"] * 3 + ["B"] * 3
+    assert [measure for _, measure in timed[:3]] == list(run.MEASURES)
+    assert set(measured) == {"first", "second"}
+    for measures in measured.values():
+        assert measures["compile_s"] == 1.0
+        timed_measures = [name for name in MEASURES if name != "flops_fraction"]  # the suite adds that one per row
+        assert all(math.isfinite(measures[name]) and measures[name] > 0 for name in timed_measures)
