@@ -159,8 +159,7 @@ def logistic_regression(out: Path, num_steps: int) -> dict:
     # Start the final affine layer at the Laplace approximation: the fit then only has to bend it.
     mode, sd = targets.laplace_approximation(target)
     params = flow.init(jax.random.key(7))
-    affine_start = {"shift": jnp.asarray(mode, jnp.float32), "log_scale": jnp.log(jnp.asarray(sd, jnp.float32))}
-    params = {**params, "bijector": (params["bijector"][0], affine_start)}
+    params = {**params, "bijector": (params["bijector"][0], jb.affine_params(mode, sd))}
     params, _ = reverse_kl.fit(
         jax.random.key(6), flow, params, target.log_density,
         num_samples=128, num_steps=num_steps, stick_the_landing=True,

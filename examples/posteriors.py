@@ -60,7 +60,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 
@@ -127,8 +126,7 @@ def initial_params(key, flow: jf.Flow, loc, scale) -> dict:
     """`flow.init(key)` with the final affine map set to x -> loc + scale * x."""
     params = flow.init(key)
     body, _ = params["bijector"]
-    affine = {"shift": jnp.asarray(loc, jnp.float32), "log_scale": jnp.log(jnp.asarray(scale, jnp.float32))}
-    return {**params, "bijector": (body, affine)}
+    return {**params, "bijector": (body, jf.bijectors.affine_params(loc, scale))}
 
 
 def standardised_errors(draws: np.ndarray, reference: np.ndarray) -> dict:

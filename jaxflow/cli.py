@@ -75,7 +75,7 @@ def build_model(config: dict) -> jaxflow.Flow:
         raise CliError(f"flow {config['flow']} on {dim} column(s): {error}") from None
     scaling = config["standardisation"]
     mean, sd = (jnp.asarray(scaling[name], jnp.float32) for name in ("mean", "sd"))
-    unstandardise = jaxflow.freeze(jaxflow.bijectors.affine(dim), {"shift": mean, "log_scale": jnp.log(sd)})
+    unstandardise = jaxflow.freeze(jaxflow.bijectors.affine(dim), jaxflow.bijectors.affine_params(mean, sd))
     return flow._replace(bijector=jaxflow.chain(flow.bijector, unstandardise, name="unstandardised"))
 
 

@@ -166,8 +166,8 @@ def laplace_approximation(target: Target, *, num_steps: int = 200) -> tuple[np.n
     Returns:
       `(mode, sd)`, each (dim,), float64 numpy arrays.
     Raises:
-      ValueError: no mode with a positive-definite Hessian was found (an improper or
-        multimodal-at-0 density, or too few steps).
+      ValueError: no mode with a positive-definite Hessian was found (an improper density,
+        or an L-BFGS run from 0 that stopped at a saddle or needs more steps).
     """
     negative_log_density = lambda x: -target.log_density(x)  # noqa: E731
     solver = optax.lbfgs()

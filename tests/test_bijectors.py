@@ -1,5 +1,8 @@
 """The generic contract, run by the public kit on every registered bijector, in float32 and float64."""
 
+import sys
+from pathlib import Path
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -7,6 +10,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+import jaxflow.testing.cases
+from jaxflow import bijectors as jb
 from jaxflow.testing import CASES, check_bijector, tolerances_for
 
 NAMES = sorted(CASES)
@@ -70,8 +75,6 @@ def test_fresh_params_are_the_identity(name):
 
 
 def test_kit_detects_a_wrong_log_det():
-    from jaxflow import bijectors as jb
-
     honest = jb.scale(3)
 
     def forward(params, x, context=None):
@@ -85,9 +88,35 @@ def test_kit_detects_a_wrong_log_det():
 
 
 def test_kit_detects_a_wrong_inverse():
-    from jaxflow import bijectors as jb
-
     honest = jb.shift(2)
     wrong = honest._replace(inverse=lambda p, y, context=None: (y, jnp.zeros(())), name="wrong")
     with pytest.raises(AssertionError, match="inverse"):
         check_bijector(wrong, {"shift": jnp.array([1.0, 2.0])}, jnp.zeros(2))
+
+
+def test_affine_params_map_x_to_loc_plus_scale_times_x():
+    loc, scale = np.array([1.0, -2.0, 0.5]), np.array([0.5, 3.0, 1.0])
+    x = jnp.array([0.3, -1.0, 2.0])
+    y, log_det = jb.affine(3).forward(jb.affine_params(loc, scale), x)
+    np.testing.assert_allclose(y, loc + scale * np.asarray(x), rtol=1e-6)
+    np.testing.assert_allclose(log_det, np.sum(np.log(scale)), rtol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "loc, scale, message",
+    [
+        ([0.0, 0.0], [1.0, 0.0], "scale must be finite and positive"),
+        ([0.0, 0.0], [1.0, np.inf], "scale must be finite and positive"),
+        ([0.0, 0.0], [1.0], r"loc and scale need one shape, got \(2,\) and \(1,\)"),
+    ],
+)
+def test_affine_params_refuse_a_scale_that_is_no_scale(loc, scale, message):
+    with pytest.raises(ValueError, match=message):
+        jb.affine_params(loc, scale)
+
+
+def test_every_case_module_is_imported_so_its_cases_register():
+    package = Path(jaxflow.testing.cases.__file__).parent
+    families = sorted(path.stem for path in package.glob("*.py") if not path.stem.startswith("_"))
+    missing = [name for name in families if f"jaxflow.testing.cases.{name}" not in sys.modules]
+    assert not missing, f"jaxflow/testing/cases/__init__.py does not import {missing}"

@@ -191,8 +191,7 @@ def variational_fit(target, loc, scale, *, steps, anneal_steps):
     flow = jf.Flow(jf.standard_normal(target.dim),
                    jf.chain(flows.iaf(target.dim, layers=4, hidden=(64, 64)).bijector, jf.bijectors.affine(target.dim)))
     params = flow.init(jax.random.key(0))
-    start = {"shift": jnp.asarray(loc, jnp.float32), "log_scale": jnp.log(jnp.asarray(scale, jnp.float32))}
-    params = {**params, "bijector": (params["bijector"][0], start)}
+    params = {**params, "bijector": (params["bijector"][0], jf.bijectors.affine_params(loc, scale))}
     params, _ = reverse_kl.fit(
         jax.random.key(1), flow, params, target.log_density, num_samples=256, num_steps=steps,
         optimizer=optax.adam(optax.cosine_decay_schedule(3e-3, steps, alpha=0.05)), anneal_steps=anneal_steps,

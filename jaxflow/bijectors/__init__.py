@@ -12,7 +12,18 @@ from jaxflow.bijectors.coupling import (
     half_mask,
     random_mask,
 )
-from jaxflow.bijectors.elementwise import affine, elementwise, exp, logit, scale, shift, sigmoid, softplus, tanh
+from jaxflow.bijectors.elementwise import (
+    affine,
+    affine_params,
+    elementwise,
+    exp,
+    logit,
+    scale,
+    shift,
+    sigmoid,
+    softplus,
+    tanh,
+)
 from jaxflow.bijectors.image import channel_mask, checkerboard_mask, glow_step, image_coupling, squeeze
 from jaxflow.bijectors.linear import fixed_linear, linear, lu_linear
 from jaxflow.bijectors.mixture_cdf import logistic_mixture_cdf
@@ -30,7 +41,8 @@ from jaxflow.bijectors.spline import (
 from jaxflow.bijectors.sylvester import sylvester
 
 __all__ = [
-    "Bijector", "actnorm", "additive_coupling", "affine", "affine_coupling", "alternating_mask", "chain",
+    "Bijector", "actnorm", "additive_coupling", "affine", "affine_coupling", "affine_params", "alternating_mask",
+    "chain",
     "channel_mask", "checkerboard_mask", "coupling", "elementwise", "exp", "factor_out", "fixed_linear", "freeze",
     "glow_step", "half_mask", "image_coupling", "initialize_from_data", "inverse_autoregressive",
     "inverse_permutations", "invert", "linear", "logistic_mixture_cdf", "logit", "lu_linear",

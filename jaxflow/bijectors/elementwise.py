@@ -147,6 +147,22 @@ def affine(shape) -> Bijector:
     return affine_with_params("affine", shape, shape)
 
 
+def affine_params(loc, scale) -> dict:
+    """The params of `affine` that map x to loc + scale * x (a standardiser, a Laplace start).
+
+    Args:
+      loc, scale: arrays of the event shape; `scale` finite and positive.
+    Returns:
+      {"shift": loc, "log_scale": log(scale)}, float arrays of JAX's default float dtype.
+    """
+    loc, scale = (jnp.asarray(a, jnp.result_type(float)) for a in (loc, scale))
+    if loc.shape != scale.shape:
+        raise ValueError(f"affine_params: loc and scale need one shape, got {loc.shape} and {scale.shape}.")
+    if not isinstance(scale, jax.core.Tracer) and not bool(jnp.all(jnp.isfinite(scale) & (scale > 0))):
+        raise ValueError(f"affine_params: scale must be finite and positive, got {np.asarray(scale).tolist()}.")
+    return {"shift": loc, "log_scale": jnp.log(scale)}
+
+
 def elementwise(scalar_bijector: Bijector, shape, *, shared_params: bool = True) -> Bijector:
     """Lifts a bijector on scalars (event shape ()) to every element of an event of `shape`.
 
