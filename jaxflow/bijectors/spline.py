@@ -13,15 +13,17 @@ References: Durkan et al. (2019), Neural Spline Flows, https://arxiv.org/abs/190
 
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax import lax
 
 from jaxflow.bijectors._checks import as_shape, check_event
 from jaxflow.bijectors.base import Bijector
-from jaxflow.bijectors.transformers import Transformer
+from jaxflow.bijectors.transformers import Transformer, unstack, unstack_params
 
 
 def _check_config(num_bins, bound, min_bin_width, min_bin_height, min_derivative):
@@ -43,15 +45,37 @@ def _knot_positions(raw_sizes, bound, min_size):
     """Knots from -bound to bound, exactly, with bins at least `min_size` of the interval apart.
 
     Args:
-      raw_sizes: (..., num_bins) unconstrained bin sizes.
+      raw_sizes: (num_bins, ...) unconstrained bin sizes, bins first.
     Returns:
-      (..., num_bins + 1) increasing knot positions.
+      num_bins + 1 arrays (...) of increasing knot positions.
     """
-    num_bins = raw_sizes.shape[-1]
-    fractions = min_size + (1.0 - min_size * num_bins) * jax.nn.softmax(raw_sizes, axis=-1)
-    interior = -bound + 2.0 * bound * jnp.cumsum(fractions[..., :-1], axis=-1)
-    ends = jnp.full((*raw_sizes.shape[:-1], 1), bound, raw_sizes.dtype)
-    return jnp.concatenate([-ends, interior, ends], axis=-1)
+    num_bins = raw_sizes.shape[0]
+    largest = lax.stop_gradient(jnp.max(raw_sizes, axis=0))  # the softmax's shift
+    exps = [jnp.exp(raw - largest) for raw in unstack(raw_sizes)]
+    scale = (1.0 - min_size * num_bins) / functools.reduce(jnp.add, exps)
+    ends = jnp.full_like(largest, bound)
+    knots, covered = [-ends], 0.0  # covered: the fraction of the interval left of the next knot
+    for exp in exps[:-1]:
+        covered = covered + (min_size + scale * exp)
+        knots.append(-bound + 2.0 * bound * covered)
+    return [*knots, ends]
+
+
+def _knot_lists(theta, bound, min_bin_width, min_bin_height, min_derivative):
+    """`spline_knots` as three lists of num_bins + 1 arrays (...), one array per knot."""
+    num_bins = (theta.shape[-1] + 1) // 3
+    # Params first, split once (see `unstack`): every later operation is element-wise over (...).
+    raw_widths, raw_heights, raw_derivatives = lax.split(
+        jnp.moveaxis(theta, -1, 0), [num_bins, num_bins, num_bins - 1], axis=0
+    )
+    offset = float(np.log(np.expm1(1.0 - min_derivative)))  # softplus(0 + offset) + min_derivative = 1
+    ones = jnp.ones(theta.shape[:-1], theta.dtype)
+    interior = [jax.nn.softplus(raw + offset) + min_derivative for raw in unstack(raw_derivatives)]
+    return (
+        _knot_positions(raw_widths, bound, min_bin_width),
+        _knot_positions(raw_heights, bound, min_bin_height),
+        [ones, *interior, ones],
+    )
 
 
 def spline_knots(
@@ -70,16 +94,8 @@ def spline_knots(
     Returns:
       `(x_knots, y_knots, derivatives)`, each (..., num_bins + 1); the end derivatives are 1.
     """
-    num_bins = (theta.shape[-1] + 1) // 3
-    raw_widths, raw_heights, raw_derivatives = jnp.split(theta, [num_bins, 2 * num_bins], axis=-1)
-    offset = float(np.log(np.expm1(1.0 - min_derivative)))  # softplus(0 + offset) + min_derivative = 1
-    interior = jax.nn.softplus(raw_derivatives + offset) + min_derivative
-    ones = jnp.ones((*theta.shape[:-1], 1), theta.dtype)
-    return (
-        _knot_positions(raw_widths, bound, min_bin_width),
-        _knot_positions(raw_heights, bound, min_bin_height),
-        jnp.concatenate([ones, interior, ones], axis=-1),
-    )
+    lists = _knot_lists(theta, bound, min_bin_width, min_bin_height, min_derivative)
+    return tuple(jnp.stack(values, axis=-1) for values in lists)
 
 
 class _Bin(NamedTuple):
@@ -97,20 +113,31 @@ class _Bin(NamedTuple):
         return self.height / self.width
 
 
-def _find_bin(x_knots, y_knots, derivatives, searched_knots, value) -> _Bin:
-    """The piece whose interval [searched_knots[k], searched_knots[k + 1]] holds `value`.
+def _find_bin(knots, searched_side, value) -> _Bin:
+    """The piece whose interval on the searched axis holds `value`.
 
-    A sum of comparisons finds k in [0, num_bins - 1]: branch free, so it vectorises
-    and vmaps; a value on an interior knot starts the piece to its right.
+    The piece's index is a count of the interior knots at or below `value` (so a value
+    on an interior knot starts the piece to its right), and selects walk the knots by
+    that index: every operation is element-wise over arrays (...), with no gather and
+    no scatter in the gradient. The count is one reduction, which XLA computes once:
+    were each select to compare `value` with the knots itself, XLA could compute a knot
+    in two fused loops, round it differently in each, and mix two pieces.
 
     Args:
-      x_knots, y_knots, derivatives: (num_bins + 1,) each, from `spline_knots`.
-      searched_knots: `x_knots` for a forward value, `y_knots` for an inverse one.
-      value: a scalar in [-bound, bound].
+      knots: num_bins + 1 triples `(x, y, derivative)` of arrays (...), in increasing order.
+      searched_side: 0 to search x (forward), 1 to search y (inverse).
+      value: (...), within [knots[0], knots[-1]] on the searched side.
     """
-    k = jnp.sum(value >= searched_knots[1:-1])
-    x_lo, y_lo = x_knots[k], y_knots[k]
-    return _Bin(x_lo, x_knots[k + 1] - x_lo, y_lo, y_knots[k + 1] - y_lo, derivatives[k], derivatives[k + 1])
+    lower, upper = knots[0], knots[1]
+    interior = knots[1:-1]
+    if interior:
+        index = jnp.sum(jnp.stack([value >= knot[searched_side] for knot in interior]), axis=0, dtype=jnp.int32)
+        for count, (left, right) in enumerate(zip(interior, knots[2:]), start=1):
+            past = index >= count
+            lower = tuple(jnp.where(past, new, old) for new, old in zip(left, lower))
+            upper = tuple(jnp.where(past, new, old) for new, old in zip(right, upper))
+    (x_lo, y_lo, d_lo), (x_hi, y_hi, d_hi) = lower, upper
+    return _Bin(x_lo, x_hi - x_lo, y_lo, y_hi - y_lo, d_lo, d_hi)
 
 
 def _denominator(piece: _Bin, xi):
@@ -173,7 +200,7 @@ def _inverse_in_bin(piece: _Bin, y):
 
 
 def _on_knots(in_bin, searched_side):
-    """Lifts a piece map to `(x_knots, y_knots, derivatives, value) -> (out, log_det)` on arrays.
+    """Lifts a piece map to `(x_knots, y_knots, derivatives, value) -> (out, log_det)`, knots as lists.
 
     The spline is evaluated at `value` clamped to the knots' range, so the branch that
     `jnp.where` discards stays finite and its zero cotangent cannot turn into NaN.
@@ -183,11 +210,12 @@ def _on_knots(in_bin, searched_side):
         searched = (x_knots, y_knots)[searched_side]
         lower, upper = searched[0], searched[-1]
         clamped = jnp.clip(value, lower, upper)
-        out, log_det = in_bin(_find_bin(x_knots, y_knots, derivatives, searched, clamped), clamped)
+        knots = list(zip(x_knots, y_knots, derivatives))
+        out, log_det = in_bin(_find_bin(knots, searched_side, clamped), clamped)
         inside = (value > lower) & (value < upper)  # on the ends the spline and the identity agree
         return jnp.where(inside, out, value), jnp.where(inside, log_det, 0.0)
 
-    return jnp.vectorize(apply, signature="(n),(n),(n),()->(),()")
+    return apply
 
 
 _forward_on_knots = _on_knots(_forward_in_bin, 0)
@@ -201,12 +229,12 @@ def spline_forward(knots, x):
       knots: `(x_knots, y_knots, derivatives)` from `spline_knots`, each (..., num_bins + 1).
       x: (...), broadcast against the knots' leading shape.
     """
-    return _forward_on_knots(*knots, x)
+    return _forward_on_knots(*map(unstack_params, knots), x)
 
 
 def spline_inverse(knots, y):
     """`(x, log dx/dy)` of the inverse of the spline through `knots`; see `spline_forward`."""
-    return _inverse_on_knots(*knots, y)
+    return _inverse_on_knots(*map(unstack_params, knots), y)
 
 
 def rational_quadratic_spline(
@@ -233,7 +261,6 @@ def rational_quadratic_spline(
     """
     _check_config(num_bins, bound, min_bin_width, min_bin_height, min_derivative)
     num_params = 3 * num_bins - 1
-    knot_kwargs = dict(min_bin_width=min_bin_width, min_bin_height=min_bin_height, min_derivative=min_derivative)
 
     def knots_of(theta):
         if jnp.shape(theta)[-1:] != (num_params,):
@@ -241,13 +268,13 @@ def rational_quadratic_spline(
                 f"rational_quadratic_spline with {num_bins} bins needs theta of shape (..., {num_params}), "
                 f"got {jnp.shape(theta)}."
             )
-        return spline_knots(theta, bound=bound, **knot_kwargs)
+        return _knot_lists(theta, bound, min_bin_width, min_bin_height, min_derivative)
 
     def forward(theta, x):
-        return spline_forward(knots_of(theta), x)
+        return _forward_on_knots(*knots_of(theta), x)
 
     def inverse(theta, y):
-        return spline_inverse(knots_of(theta), y)
+        return _inverse_on_knots(*knots_of(theta), y)
 
     return Transformer(num_params, forward, inverse, "rq_spline")
 
