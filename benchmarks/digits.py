@@ -3,8 +3,11 @@
 Both libraries fit the same architecture (MAF: 5 affine MADE layers; NSF: 8 rational-quadratic
 spline couplings with 8 bins on [-4, 4]; networks 2x128) to the same dequantised, logit-transformed
 digits with Adam at the same learning rate, batch size and number of epochs, keeping the
-parameters with the best validation loss. Reported: wall time of the fit (compilation included)
-and test log-likelihood in nats per image and bits/dim of the dequantised integers.
+parameters with the best validation loss. Each fit is repeated with `--seeds` seeds (network
+initialisation, permutations, batches), the libraries taking turns within each seed. Reported per
+model and library: the median wall time of a fit (compilation included) and the mean, with its
+standard error over seeds, of the test log-likelihood in nats per image and of the bits/dim of the
+dequantised integers.
 
     python -m benchmarks.digits --out results/digits.json
 """
@@ -13,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import statistics
 import time
 
 import jax
@@ -26,38 +30,40 @@ from jaxflow.train import forward_kl
 CONFIGS = {"maf": dict(layers=5, hidden=(128, 128)), "nsf": dict(layers=8, hidden=(128, 128), bins=8)}
 
 
-def fit_jaxflow(model_name, train, args):
-    flow = _jaxflow_flow(model_name, train.shape[1])
+def fit_jaxflow(model_name, train, args, seed):
+    init_key, fit_key = jax.random.split(jax.random.key(seed))
+    flow = _jaxflow_flow(model_name, train.shape[1], seed)
     steps_per_epoch = int(len(train) * (1 - args.validation)) // args.batch_size
     params, _ = forward_kl.fit(
-        jax.random.key(1), flow, flow.init(jax.random.key(0)), train, optimizer=optax.adam(args.learning_rate),
+        fit_key, flow, flow.init(init_key), train, optimizer=optax.adam(args.learning_rate),
         batch_size=args.batch_size, num_steps=args.epochs * steps_per_epoch, validation_fraction=args.validation,
         chunk_size=steps_per_epoch, progress=False,
     )
     return lambda x: flow.log_prob(params, x)
 
 
-def _jaxflow_flow(model_name, dim):
+def _jaxflow_flow(model_name, dim, seed):
     from jaxflow import flows
 
     config = CONFIGS[model_name]
     if model_name == "maf":
-        return flows.maf(dim, **config)
-    return flows.nsf_coupling(dim, bound=4.0, **config)
+        return flows.maf(dim, seed=seed, **config)
+    return flows.nsf_coupling(dim, bound=4.0, seed=seed, **config)
 
 
-def fit_flowjax(model_name, train, args):
+def fit_flowjax(model_name, train, args, seed):
     from flowjax.train import fit_to_data
 
-    flow = _flowjax_flow(model_name, train.shape[1])
+    init_key, fit_key = jax.random.split(jax.random.key(seed))
+    flow = _flowjax_flow(model_name, train.shape[1], init_key)
     flow, _ = fit_to_data(
-        jax.random.key(1), flow, train, learning_rate=args.learning_rate, max_epochs=args.epochs,
+        fit_key, flow, train, learning_rate=args.learning_rate, max_epochs=args.epochs,
         max_patience=args.epochs, batch_size=args.batch_size, val_prop=args.validation, show_progress=False,
     )
     return lambda x: flow.log_prob(x)  # a bound method of an equinox module is not hashable for jit
 
 
-def _flowjax_flow(model_name, dim):
+def _flowjax_flow(model_name, dim, key):
     import jax.numpy as jnp
     from flowjax.bijections import Affine, RationalQuadraticSpline
     from flowjax.distributions import Normal
@@ -66,12 +72,31 @@ def _flowjax_flow(model_name, dim):
     config = CONFIGS[model_name]
     common = dict(base_dist=Normal(jnp.zeros(dim)), flow_layers=config["layers"], nn_width=128, nn_depth=2)
     if model_name == "maf":
-        return masked_autoregressive_flow(jax.random.key(0), transformer=Affine(), **common)
+        return masked_autoregressive_flow(key, transformer=Affine(), **common)
     spline = RationalQuadraticSpline(knots=config["bins"], interval=4.0)
-    return coupling_flow(jax.random.key(0), transformer=spline, **common)
+    return coupling_flow(key, transformer=spline, **common)
 
 
 FITS = {"jaxflow": fit_jaxflow, "flowjax": fit_flowjax}
+
+
+def mean_and_standard_error(values) -> tuple[float, float]:
+    """The mean of `values` and its standard error (0 for a single value)."""
+    values = np.asarray(values, np.float64)
+    spread = values.std(ddof=1) / np.sqrt(len(values)) if len(values) > 1 else 0.0
+    return float(values.mean()), float(spread)
+
+
+def summary_row(model_name, library, fits) -> dict:
+    """One table row from the fits of every seed: `fits` holds (seconds, test log-lik, bits/dim) each."""
+    seconds, log_liks, bits = zip(*fits)
+    (log_lik, log_lik_se), (bits_per_dim, bits_se) = mean_and_standard_error(log_liks), mean_and_standard_error(bits)
+    return {
+        "model": model_name, "library": library, "seeds": len(fits), "fit_s": statistics.median(seconds),
+        "test_log_lik": f"{log_lik:.2f} ± {log_lik_se:.2f}", "bits_per_dim": f"{bits_per_dim:.3f} ± {bits_se:.3f}",
+        "test_log_lik_mean": log_lik, "test_log_lik_se": log_lik_se, "test_log_lik_per_seed": list(log_liks),
+        "bits_per_dim_mean": bits_per_dim, "bits_per_dim_se": bits_se, "fit_s_per_seed": list(seconds),
+    }
 
 
 def main(argv=None):
@@ -81,6 +106,7 @@ def main(argv=None):
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--learning-rate", type=float, default=1e-3)
     parser.add_argument("--validation", type=float, default=0.1)
+    parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--out", default=None)
     args = parser.parse_args(argv)
 
@@ -91,20 +117,20 @@ def main(argv=None):
     libraries = ["jaxflow"] + (["flowjax"] if importlib.util.find_spec("flowjax") else [])
     rows = []
     for model_name in args.models.split(","):
-        for library in libraries:
-            start = time.perf_counter()
-            log_prob = FITS[library](model_name, train, args)
-            test_log_prob = np.asarray(jax.jit(log_prob)(test))
-            seconds = time.perf_counter() - start
-            log_likelihood = datasets.integer_log_likelihood(test_log_prob, test_log_det, dim)
-            rows.append({
-                "model": model_name, "library": library, "fit_s": seconds,
-                "test_log_lik_logit_space": float(test_log_prob.mean()),
-                "test_bits_per_dim": float(-log_likelihood.mean() / (dim * np.log(2))),
-            })
-            print(rows[-1], flush=True)
-    print(f"\ndigits, {args.epochs} epochs, batch {args.batch_size}, Adam {args.learning_rate}")
-    print(markdown_table(rows, ["model", "library", "fit_s", "test_log_lik_logit_space", "test_bits_per_dim"]))
+        fits = {library: [] for library in libraries}
+        for seed in range(args.seeds):
+            for library in libraries:
+                start = time.perf_counter()
+                log_prob = FITS[library](model_name, train, args, seed)
+                test_log_prob = np.asarray(jax.jit(log_prob)(test))
+                seconds = time.perf_counter() - start
+                log_likelihood = datasets.integer_log_likelihood(test_log_prob, test_log_det, dim)
+                bits = float(-log_likelihood.mean() / (dim * np.log(2)))
+                fits[library].append((seconds, float(test_log_prob.mean()), bits))
+                print(model_name, library, f"seed {seed}:", fits[library][-1], flush=True)
+        rows += [summary_row(model_name, library, fits[library]) for library in libraries]
+    print(f"\ndigits, {args.epochs} epochs, batch {args.batch_size}, Adam {args.learning_rate}, {args.seeds} seeds")
+    print(markdown_table(rows, ["model", "library", "fit_s", "test_log_lik", "bits_per_dim"]))
     write_json(args.out, {"benchmark": "digits", "environment": environment(), "config": vars(args), "rows": rows})
 
 

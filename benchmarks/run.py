@@ -4,7 +4,8 @@ For each ready-made flow (realnvp: dim 16, 8 layers; maf: dim 16, 5 layers; nsf:
 8 bins; all MLP/MADE 2x128; and, jaxflow only, nice, iaf, autoregressive nsf, Flow++, residual,
 planar, radial and Sylvester flows, and Glow on 8x8x1 images: 3 levels of 4 steps, CNN couplings
 of 64 channels, the configuration of examples/glow_digits.py) and each library that can express it:
-compile time of the training step, training-step time (Adam, batch 512), log_prob and sample
+compile time of the training step (median of `--compile-repeats` fresh compilations), training-step
+time (Adam, batch 512), log_prob and sample
 throughput (batch 8192), and the training step's achieved matrix-product FLOP/s (counted from the
 jaxpr, loops per iteration: benchmarks/flops.py) as a fraction of a dense matmul timed in the same
 run. Vector flows run on events of shape (dim,) for each of the suite's dims, image flows on their
@@ -22,6 +23,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+from collections.abc import Callable
 from typing import NamedTuple
 
 import jax
@@ -81,7 +83,8 @@ MEASURES = ("train", "log_prob", "sample")
 class Prepared(NamedTuple):
     """One model compiled and warmed up: its compile time, training-step FLOPs and timed calls."""
 
-    compile_s: float
+    compile_s: float  # the first compilation of the training step
+    recompile: Callable  # compiles the training step afresh, for more compile timings
     train_flops: float
     calls: dict  # measure -> a call that blocks until its result is ready
     per_call: dict  # measure -> how many steps or events one call covers
@@ -96,8 +99,11 @@ def prepare_model(model, event_shape, *, train_batch, eval_batch, train_steps) -
     opt_state = optimizer.init(model.params)
     step = train_step_fn(model, optimizer)
 
+    def compile_step():  # a new step function each time, so that no cache answers
+        return jax.jit(train_step_fn(model, optimizer)).lower(model.params, opt_state, x_train).compile()
+
     start = time.perf_counter()
-    compiled = jax.jit(step).lower(model.params, opt_state, x_train).compile()
+    compiled = compile_step()
     compile_s = time.perf_counter() - start
 
     def train():
@@ -116,25 +122,35 @@ def prepare_model(model, event_shape, *, train_batch, eval_batch, train_steps) -
     for call in calls.values():  # warm-up
         call()
     flops = matmul_flops(step, model.params, opt_state, x_train)
-    return Prepared(compile_s, flops, calls, {"train": train_steps, "log_prob": eval_batch, "sample": eval_batch})
+    per_call = {"train": train_steps, "log_prob": eval_batch, "sample": eval_batch}
+    return Prepared(compile_s, compile_step, flops, calls, per_call)
 
 
-def measure_models(models: dict, event_shape, *, train_batch, eval_batch, repeats, train_steps) -> dict:
+def measure_models(
+    models: dict, event_shape, *, train_batch, eval_batch, repeats, train_steps, compile_repeats=1
+) -> dict:
     """Per library: compile time, step time, throughputs and FLOP/s of its model on `event_shape`.
 
     The timings are interleaved: each repeat times every library in turn, so a change in the
-    machine's load during the run reaches all of them alike. Medians over `repeats`.
+    machine's load during the run reaches all of them alike. Medians over `repeats`, and for the
+    compile time over `compile_repeats` compilations (the first repeats compile once more each).
     """
     prepared = {
         library: prepare_model(model, event_shape, train_batch=train_batch, eval_batch=eval_batch,
                                train_steps=train_steps)
         for library, model in models.items()
     }
-    seconds = {library: {measure: [] for measure in MEASURES} for library in prepared}
-    for _ in range(repeats):
+    seconds = {
+        library: {"compile": [ready.compile_s], **{measure: [] for measure in MEASURES}}
+        for library, ready in prepared.items()
+    }
+    for repeat in range(max(repeats, compile_repeats - 1)):
         for library, ready in prepared.items():
-            for measure in MEASURES:
-                seconds[library][measure].append(_seconds(ready.calls[measure]))
+            if repeat < compile_repeats - 1:
+                seconds[library]["compile"].append(_seconds(ready.recompile))
+            if repeat < repeats:
+                for measure in MEASURES:
+                    seconds[library][measure].append(_seconds(ready.calls[measure]))
     return {library: _summary(ready, seconds[library]) for library, ready in prepared.items()}
 
 
@@ -147,7 +163,7 @@ def _seconds(call) -> float:
 def _summary(ready: Prepared, seconds: dict) -> dict:
     step_s = statistics.median(seconds["train"]) / ready.per_call["train"]
     return {
-        "compile_s": ready.compile_s,
+        "compile_s": statistics.median(seconds["compile"]),
         "train_step_ms": 1e3 * step_s,
         "log_prob_per_s": ready.per_call["log_prob"] / statistics.median(seconds["log_prob"]),
         "sample_per_s": ready.per_call["sample"] / statistics.median(seconds["sample"]),
@@ -175,6 +191,7 @@ def parse_args(argv):
     parser.add_argument("--repeats", type=int, help="timings per median (default: the suite's)")
     parser.add_argument("--train-steps", type=int, help="training steps per timing (default: the suite's)")
     parser.add_argument("--train-batch", type=int, help="one training batch size instead of the suite's")
+    parser.add_argument("--compile-repeats", type=int, default=3, help="compilations per compile-time median")
     parser.add_argument("--out", default=None)
     args = parser.parse_args(argv)
     unknown = sorted(set(args.models.split(",")) - set(MODELS))
@@ -185,7 +202,7 @@ def parse_args(argv):
 
 def suite_settings(args) -> dict:
     """The suite's settings, with any given on the command line in their place."""
-    settings = dict(SUITES[args.suite], eval_batch=args.eval_batch)
+    settings = dict(SUITES[args.suite], eval_batch=args.eval_batch, compile_repeats=args.compile_repeats)
     overrides = {"repeats": args.repeats, "train_steps": args.train_steps}
     overrides["train_batches"] = None if args.train_batch is None else [args.train_batch]
     settings.update({name: value for name, value in overrides.items() if value is not None})
@@ -212,7 +229,8 @@ def main(argv=None):
                         models[library] = model
                 measured = measure_models(models, event_shape, train_batch=train_batch,
                                           eval_batch=settings["eval_batch"], repeats=settings["repeats"],
-                                          train_steps=settings["train_steps"])
+                                          train_steps=settings["train_steps"],
+                                          compile_repeats=settings["compile_repeats"])
                 for library, measures in measured.items():
                     row = {"model": name, "event_shape": event_shape, "train_batch": train_batch,
                            "eval_batch": settings["eval_batch"], "library": library, **measures}
@@ -221,8 +239,8 @@ def main(argv=None):
                     print(row, flush=True)
     _add_ratios(rows)
     columns = ["model", "event_shape", "train_batch", "eval_batch", "library", "compile_s", "train_step_ms",
-               "log_prob_per_s", "sample_per_s", "flops_fraction", "speedup_train", "speedup_log_prob",
-               "speedup_sample"]
+               "log_prob_per_s", "sample_per_s", "flops_fraction", "speedup_compile", "speedup_train",
+               "speedup_log_prob", "speedup_sample"]
     print(f"\nsuite {args.suite}; speedup = jaxflow's advantage over that peer (>1: jaxflow faster)")
     print(markdown_table(rows, columns))
     write_json(args.out, {"benchmark": "run", "suite": args.suite, "settings": settings, "environment": environment(),
@@ -236,6 +254,7 @@ def _add_ratios(rows):
         mine = ours.get((row["model"], row["event_shape"], row["train_batch"]))
         if mine is None or row is mine:
             continue
+        row["speedup_compile"] = row["compile_s"] / mine["compile_s"]
         row["speedup_train"] = row["train_step_ms"] / mine["train_step_ms"]
         row["speedup_log_prob"] = mine["log_prob_per_s"] / row["log_prob_per_s"]
         row["speedup_sample"] = mine["sample_per_s"] / row["sample_per_s"]

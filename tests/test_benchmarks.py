@@ -6,7 +6,7 @@ import math
 import jax
 import pytest
 
-from benchmarks import peers, run
+from benchmarks import digits, peers, run
 
 MEASURES = ("compile_s", "train_step_ms", "log_prob_per_s", "sample_per_s", "train_gflops", "flops_fraction")
 
@@ -70,16 +70,34 @@ def test_each_repeat_times_every_library_in_turn(monkeypatch):
 
     def prepare(model, event_shape, *, train_batch, eval_batch, train_steps):
         calls = {measure: (lambda measure=measure: timed.append((model, measure))) for measure in run.MEASURES}
-        return run.Prepared(1.0, 2e9, calls, {"train": train_steps, "log_prob": eval_batch, "sample": eval_batch})
+        recompile = lambda: timed.append((model, "compile"))  # noqa: E731
+        first_compile_s = {"A": 1.0, "B": 5.0}[model]
+        per_call = {"train": train_steps, "log_prob": eval_batch, "sample": eval_batch}
+        return run.Prepared(first_compile_s, recompile, 2e9, calls, per_call)
 
     monkeypatch.setattr(run, "prepare_model", prepare)
     measured = run.measure_models(
-        {"first": "A", "second": "B"}, (4,), train_batch=4, eval_batch=8, repeats=2, train_steps=2
+        {"first": "A", "second": "B"}, (4,), train_batch=4, eval_batch=8, repeats=2, train_steps=2, compile_repeats=2
     )
-    assert [model for model, _ in timed] == ["A"] * 3 + ["B"] * 3 + ["A"] * 3 + ["B"] * 3
-    assert [measure for _, measure in timed[:3]] == list(run.MEASURES)
+    with_compile, plain = ["compile", *run.MEASURES], list(run.MEASURES)
+    assert timed == [("A", m) for m in with_compile] + [("B", m) for m in with_compile] + [
+        ("A", m) for m in plain] + [("B", m) for m in plain]
     assert set(measured) == {"first", "second"}
+    # The median of the first compile (1 s, 5 s) and one fake recompilation that takes no time.
+    assert 0.5 <= measured["first"]["compile_s"] < 0.6 and 2.5 <= measured["second"]["compile_s"] < 2.6
     for measures in measured.values():
-        assert measures["compile_s"] == 1.0
         timed_measures = [name for name in MEASURES if name != "flops_fraction"]  # the suite adds that one per row
         assert all(math.isfinite(measures[name]) and measures[name] > 0 for name in timed_measures)
+
+
+def test_digits_summary_averages_the_seeds():
+    fits = [(3.0, -60.0, 2.30), (1.0, -58.0, 2.28), (2.0, -59.5, 2.31)]
+    row = digits.summary_row("maf", "jaxflow", fits)
+    log_liks = [-60.0, -58.0, -59.5]
+    assert row["seeds"] == 3 and row["fit_s"] == 2.0
+    assert math.isclose(row["test_log_lik_mean"], sum(log_liks) / 3)
+    squared_deviations = sum((v - sum(log_liks) / 3) ** 2 for v in log_liks)
+    assert math.isclose(row["test_log_lik_se"], math.sqrt(squared_deviations / 2 / 3))
+    assert row["test_log_lik_per_seed"] == log_liks
+    assert row["test_log_lik"].startswith("-59.17 ± ")
+    assert digits.summary_row("maf", "jaxflow", fits[:1])["test_log_lik_se"] == 0.0
