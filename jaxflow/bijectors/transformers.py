@@ -1,11 +1,12 @@
 """Element-wise transformers: the invertible maps that coupling and autoregressive layers apply.
 
-A `Transformer` is a pair of pure kernels over one element, vectorised over the event:
+A `Transformer` is a pair of pure element-wise kernels, applied to a whole event at once:
 
-    forward(theta, x) -> (y, log_det)     theta: (num_params,), x: scalar
+    forward(theta, x) -> (y, log_det)     theta: (..., num_params), x, y, log_det: (...)
     inverse(theta, y) -> (x, log_det)
 
 `theta = 0` is the identity, so a zero-initialised conditioner gives an identity layer.
+Kernels with many params read them with `unstack_params`, one array (...) per param.
 """
 
 from __future__ import annotations
