@@ -328,3 +328,24 @@ def test_spline_bijector_rejects_wrong_params_and_events():
         bijector.inverse(params, jnp.zeros(4))
     with pytest.raises(TypeError, match="floating-point"):
         bijector.forward(params, jnp.zeros(3, jnp.int32))
+
+
+@pytest.mark.parametrize("direction", ["forward", "inverse"])
+def test_kernel_maps_each_knot_onto_its_image(direction, dtype):
+    """The kernel rebuilds the knots from theta, and XLA may round them differently from `spline_knots`,
+    so an input on a knot may land on either side of it; both pieces must map it onto the knot's
+    image. A piece assembled from two bins (a wrong bound here, a wrong derivative there) would not.
+    """
+    num_bins, bound = 8, 3.0
+    spline = rational_quadratic_spline(num_bins, bound)
+    theta = jnp.asarray(_raw_params(np.random.default_rng(num_bins), spline.num_params, rows=96), dtype)
+    x_knots, y_knots, _ = spline_knots(theta, bound=bound)
+    source, image = (x_knots, y_knots) if direction == "forward" else (y_knots, x_knots)
+    out, log_det = jax.jit(getattr(spline, direction))(theta[:, None, :], source)
+    # Knots are sums of up to num_bins fractions of the interval, so each is rounded on the interval's
+    # scale (2 * bound), on both axes; an input rounding moves the output by the local slope.
+    eps = np.finfo(np.asarray(out).dtype).eps
+    slope = np.exp(np.asarray(log_det, np.float64))
+    allowed = 64 * eps * 2 * bound * (1 + slope)
+    error = np.abs(np.asarray(out, np.float64) - np.asarray(image, np.float64))
+    assert np.all(error <= allowed), f"knots mapped off their images: errors up to {error.max()}"

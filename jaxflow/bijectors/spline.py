@@ -156,7 +156,7 @@ def _log_derivative(piece: _Bin, xi):
 def _forward_in_bin(piece: _Bin, x):
     """y and log dy/dx for x in the piece (Durkan et al., eq. 4)."""
     slope = piece.slope
-    xi = (x - piece.x_lo) / piece.width  # in [0, 1]: no clipping needed, rounding is monotone
+    xi = _clamp_to_unit_interval((x - piece.x_lo) / piece.width)
     y = piece.y_lo + piece.height * (slope * xi**2 + piece.d_lo * xi * (1.0 - xi)) / _denominator(piece, xi)
     return y, _log_derivative(piece, xi)
 
@@ -164,8 +164,10 @@ def _forward_in_bin(piece: _Bin, x):
 def _clamp_to_unit_interval(xi):
     """Clamps to [0, 1]; unlike `jnp.clip`, passes the whole gradient at exactly 0 and 1.
 
-    Rounding on a nearly flat piece can put the root just outside [0, 1], where the
-    log-derivative is undefined.
+    Rounding can put xi just outside [0, 1], where the log-derivative is undefined: on a
+    nearly flat piece the root of the inverse, and in either direction a knot that XLA
+    computes in two fused loops and rounds differently in each (the piece chosen against
+    one rounding, xi measured from the other: seen on knots, float32, raw params of 50).
     """
     return jnp.where(xi < 0.0, 0.0, jnp.where(xi > 1.0, 1.0, xi))
 
