@@ -5,16 +5,16 @@ For each ready-made flow (realnvp: dim 16, 8 layers; maf: dim 16, 5 layers; nsf:
 planar, radial and Sylvester flows, and Glow on 8x8x1 images: 3 levels of 4 steps, CNN couplings
 of 64 channels, the configuration of examples/glow_digits.py) and each library that can express it:
 compile time of the training step (median of `--compile-repeats` fresh compilations), training-step
-time (Adam, batch 512), log_prob and sample
-throughput (batch 8192), and the training step's achieved matrix-product FLOP/s (counted from the
-jaxpr, loops per iteration: benchmarks/flops.py) as a fraction of a dense matmul timed in the same
-run. Vector flows run on events of shape (dim,) for each of the suite's dims, image flows on their
-own (H, W, C); every row says its event shape. Medians over repeats, each repeat timing every
-library in turn (so a change in the machine's load reaches all of them alike), `block_until_ready`
-on every result. Runs unchanged on CPU/GPU/TPU. The
-`jaxflow-unrolled` rows are jaxflow's realnvp/maf/nsf with `unroll=True` (longer compile, no loop).
+time (Adam, batch 512), log_prob and sample throughput (batch 8192), and the training step's
+achieved matrix-product FLOP/s (counted from the jaxpr, loops per iteration: benchmarks/flops.py)
+as a fraction of a dense matmul timed in the same run. Vector flows run on events of shape (dim,)
+for each of the suite's dims, image flows on their own (H, W, C); every row says its event shape.
+Medians over repeats, each repeat timing every library in turn (so a change in the machine's load
+reaches all of them alike), `block_until_ready` on every result. Runs unchanged on CPU/GPU/TPU.
+The `jaxflow-unrolled` rows are jaxflow's realnvp/maf/nsf with `unroll=True` (longer compile, no
+loop).
 
-    python -m benchmarks.run --suite quick --out results/quick.json
+    python -m benchmarks.run --suite quick --repeats 9 --out results/quick.json
     python -m benchmarks.run --suite full --compare flowjax,distrax,jaxflow-unrolled --out results/full.json
 """
 

@@ -35,7 +35,7 @@ def unstack(values) -> list:
     One split, whose gradient is one concatenation. Indexing `values[i]` for each i
     instead makes the gradient a sum of zero-padded entries, which XLA on CPU fuses
     into one loop that computes every entry's gradient at every position: k times the
-    work (40x slower for a spline's 23 params).
+    work (a spline's gradient, 23 params: 44.7 ms instead of 0.57 ms).
     """
     return [part[0] for part in lax.split(values, [1] * values.shape[0], axis=0)]
 
