@@ -8,6 +8,10 @@ Raw params per element, `theta` of size 3 * num_bins - 1, are laid out as
 [bin widths (num_bins), bin heights (num_bins), interior derivatives (num_bins - 1)];
 `theta = 0` gives uniform bins and unit derivatives: the identity.
 
+Through raw params the spline's derivatives are written out in closed form (a custom JVP,
+see `_spline_of_params`), which keeps its compiled gradient small; forward mode, reverse
+mode and higher derivatives all use them.
+
 References: Durkan et al. (2019), Neural Spline Flows, https://arxiv.org/abs/1906.04032
 """
 
@@ -408,8 +412,9 @@ def _piece_tangent(raw, raw_tangent, index, softmaxes, piece, config) -> _Bin:
 def _on_params(theta, value, searched_side, config):
     """The spline of raw params `theta` (..., 3 * num_bins - 1) at `value` (...), broadcast."""
     dtype = jnp.result_type(theta, value)
+    theta = jnp.asarray(theta, dtype)
     shape = jnp.broadcast_shapes(theta.shape[:-1], jnp.shape(value))
-    raw = jnp.moveaxis(jnp.broadcast_to(theta.astype(dtype), (*shape, theta.shape[-1])), -1, 0)
+    raw = jnp.moveaxis(jnp.broadcast_to(theta, (*shape, theta.shape[-1])), -1, 0)
     return _spline_of_params(raw, jnp.broadcast_to(value, shape).astype(dtype), searched_side, config)
 
 
