@@ -75,7 +75,10 @@ def _knot_positions(raw_sizes, bound, min_size):
     """
     num_bins = raw_sizes.shape[0]
     shift = lax.stop_gradient(jnp.max(raw_sizes, axis=0))
-    exps = [jnp.exp(raw - shift) for raw in unstack(raw_sizes)]
+    # One exponential for all bins: one per bin made a kernel each (XLA gives an exponential
+    # read by several loops a loop of its own), 14 copies of a vectorised exp that took 53k of
+    # the 85k lines of LLVM IR in an NSF training step (dim 64) and 0.8 s of its compile time.
+    exps = unstack(jnp.exp(raw_sizes - shift))
     softmax = _Softmax(shift, 1.0 / functools.reduce(jnp.add, exps))
     scale = (1.0 - min_size * num_bins) * softmax.normaliser
     ends = jnp.full_like(shift, bound)
