@@ -5,11 +5,11 @@ selects only the tests that need float64: those marked `float64` and the float64
 `dtype` fixture. Switching `jax_enable_x64` inside a long-lived process invalidates JAX's caches
 under live objects; it crashed XLA workers, so no test does it.
 
-Tests compile with LLVM's optimisations off and with XLA's classic CPU code generator instead
-of its newer fusion emitters: on their tiny shapes compilation is most of the cost (measured:
-the flow-builder contract tests take half the time; the classic generator compiles the heavy
-kit cases in 0.69x the time), and neither changes what is computed. Benchmarks and users run
-with XLA's defaults.
+Tests compile with LLVM's optimisations off and, where the jaxlib still has it, with XLA's
+classic CPU code generator instead of its newer fusion emitters: on their tiny shapes
+compilation is most of the cost (measured: the flow-builder contract tests take half the time;
+the classic generator compiles the heavy kit cases in 0.69x the time), and neither changes what
+is computed. Benchmarks and users run with XLA's defaults.
 
 Matrix products run at full float32 precision: on GPUs JAX's default is TF32 (about three
 decimal digits), which would blur the round-trip and reference comparisons; on CPUs it changes
@@ -17,13 +17,33 @@ nothing. Users choose their own precision (see the README).
 """
 
 import os
+import subprocess
+import sys
 
 _FAST_COMPILE = (
     "--xla_backend_optimization_level=0",
     "--xla_llvm_disable_expensive_passes=true",
     "--xla_cpu_use_fusion_emitters=false",
 )
-os.environ["XLA_FLAGS"] = " ".join([os.environ.get("XLA_FLAGS", ""), *_FAST_COMPILE]).strip()
+
+
+def _flags_xla_knows(flags):
+    """The flags this jaxlib's XLA accepts, each probed in a subprocess.
+
+    XLA aborts the whole process on a flag it does not know, and newer jaxlibs dropped the
+    classic CPU code generator with its flag (seen on jaxlib 0.11: every test worker died).
+    """
+    def accepted(candidates):
+        probe_env = {**os.environ, "XLA_FLAGS": " ".join(candidates), "JAX_PLATFORMS": "cpu"}
+        probe = [sys.executable, "-c", "import jax; jax.devices()"]
+        return subprocess.run(probe, env=probe_env, capture_output=True).returncode == 0
+
+    return flags if accepted(flags) else [flag for flag in flags if accepted([flag])]
+
+
+if "JAXFLOW_TEST_XLA_FLAGS" not in os.environ:  # probed once per run: xdist workers inherit both
+    os.environ["JAXFLOW_TEST_XLA_FLAGS"] = " ".join(_flags_xla_knows(_FAST_COMPILE))
+    os.environ["XLA_FLAGS"] = " ".join([os.environ.get("XLA_FLAGS", ""), os.environ["JAXFLOW_TEST_XLA_FLAGS"]]).strip()
 
 import jax  # noqa: E402  (XLA reads its flags when the first backend starts)
 import pytest  # noqa: E402

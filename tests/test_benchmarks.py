@@ -90,6 +90,15 @@ def test_each_repeat_times_every_library_in_turn(monkeypatch):
         assert all(math.isfinite(measures[name]) and measures[name] > 0 for name in timed_measures)
 
 
+@pytest.mark.parametrize("one_call_s, repeats", [(0.004, 5), (0.0199, 2), (0.03, 1)])
+def test_short_calls_are_repeated_within_one_timing(monkeypatch, one_call_s, repeats):
+    monkeypatch.setattr(run, "_seconds", lambda call: one_call_s)
+    calls = []
+    repeated, covered = run._repeated(lambda: calls.append(1), covered=8192)
+    repeated()
+    assert len(calls) == repeats and covered == 8192 * repeats
+
+
 def test_digits_summary_averages_the_seeds():
     fits = [(3.0, -60.0, 2.30), (1.0, -58.0, 2.28), (2.0, -59.5, 2.31)]
     row = digits.summary_row("maf", "jaxflow", fits)
