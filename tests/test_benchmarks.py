@@ -6,7 +6,7 @@ import math
 import jax
 import pytest
 
-from benchmarks import digits, peers, run
+from benchmarks import digits, kernels, peers, run
 
 MEASURES = ("compile_s", "train_step_ms", "log_prob_per_s", "sample_per_s", "train_gflops", "flops_fraction")
 
@@ -97,6 +97,39 @@ def test_short_calls_are_repeated_within_one_timing(monkeypatch, one_call_s, rep
     repeated, covered = run._repeated(lambda: calls.append(1), covered=8192)
     repeated()
     assert len(calls) == repeats and covered == 8192 * repeats
+
+
+def _process(pid, name):
+    return {"ph": "M", "name": "process_name", "pid": pid, "args": {"name": name}}
+
+
+def _event(pid, name, micros, **args):
+    return {"ph": "X", "pid": pid, "tid": 1, "name": name, "dur": micros, "args": args}
+
+
+def test_kernel_times_are_the_device_events_per_call():
+    events = [_process(1, "/host:CPU"), _process(2, "/device:GPU:0"),
+              _event(1, "PjitFunction(log_prob)", 900.0), _event(2, "gemm_fusion", 30.0),
+              _event(2, "gemm_fusion", 50.0), _event(2, "memcpy32_post", 4.0)]
+    assert kernels.kernel_times(events, calls=2) == {"gemm_fusion": (40.0, 1.0), "memcpy32_post": (2.0, 0.5)}
+
+
+def test_without_a_device_kernels_are_the_runtime_events_of_a_module():
+    events = [_process(1, "/host:CPU"), _event(1, "while.11", 100.0, hlo_module="jit_log_prob"),
+              _event(1, "add_fusion", 30.0, hlo_module="jit_log_prob"), _event(1, "ThunkExecutor::Execute", 99.0)]
+    assert kernels.kernel_times(events, calls=1) == {"add_fusion": (30.0, 1.0)}
+
+
+def test_kernel_profile_of_a_small_flow(tmp_path, monkeypatch):
+    monkeypatch.setitem(run.MODELS, "planar", {"layers": 2, "hidden": ()})
+    out = tmp_path / "kernels.json"
+    kernels.main(["--models", "planar", "--compare", "", "--measures", "log_prob,train", "--dim", "3",
+                  "--train-batch", "4", "--eval-batch", "8", "--calls", "1", "--top", "2", "--out", str(out)])
+    rows = json.loads(out.read_text())["rows"]
+    assert [(row["library"], row["measure"]) for row in rows] == [("jaxflow", "log_prob"), ("jaxflow", "train")]
+    for row in rows:
+        assert row["kernels"] > 0 and 0 < row["kernel_us"] and row["wall_us"] > 0
+        assert 0 < len(row["top"]) <= 2 and row["top"][0]["us"] >= row["top"][-1]["us"]
 
 
 def test_digits_summary_averages_the_seeds():
