@@ -4,7 +4,8 @@ For each model of benchmarks/run.py and each library that expresses it: per trai
 evaluation and sampling call, the wall time, the kernels run and their summed time, and the most
 expensive kernels. On a GPU the kernels are the device's (fusions, GEMMs, copies); on a CPU, the
 fused loops XLA's runtime reports, which run on several threads at once, so their sum can exceed
-the wall time. A call far slower than its kernels is bound by dispatch and launch overhead.
+the wall time. A call far slower than its kernels is bound by dispatch and launch overhead. Wall
+times here run under the profiler, which adds its own overhead: benchmarks/run.py is for timings.
 
     python -m benchmarks.kernels --models realnvp --compare distrax --measures log_prob,sample
 """
