@@ -67,15 +67,15 @@ def traced_events(call, calls: int) -> tuple[list[dict], float]:
     return (payload["traceEvents"] if isinstance(payload, dict) else payload), seconds
 
 
-def profile_row(ready, measure: str, *, eval_batch: int, calls: int, top: int) -> dict:
-    """One prepared model's kernels per call of `measure` (one training step, or one batch)."""
-    per_timing = ready.per_call[measure] // (1 if measure == "train" else eval_batch)
+def profile_row(ready, measure: str, *, calls: int, top: int) -> dict:
+    """A model prepared with `train_steps=1`: its kernels per training step, or per batch."""
     events, seconds = traced_events(ready.calls[measure], calls)
-    kernels = kernel_times(events, calls * per_timing)
+    single_calls = calls * ready.repeats[measure]  # each timed call repeats a short one
+    kernels = kernel_times(events, single_calls)
     ranked = sorted(kernels.items(), key=lambda item: -item[1][0])
     return {
         "measure": measure,
-        "wall_us": 1e6 * seconds / (calls * per_timing),
+        "wall_us": 1e6 * seconds / single_calls,
         "kernel_us": sum(micros for micros, _ in kernels.values()),
         "kernels": sum(launches for _, launches in kernels.values()),
         "top": [{"name": name, "us": micros, "launches": launches} for name, (micros, launches) in ranked[:top]],
@@ -109,7 +109,7 @@ def main(argv=None):
                                   train_steps=1)
             for measure in args.measures.split(","):
                 row = {"model": name, "library": library,
-                       **profile_row(ready, measure, eval_batch=args.eval_batch, calls=args.calls, top=args.top)}
+                       **profile_row(ready, measure, calls=args.calls, top=args.top)}
                 rows.append(row)
                 print(f"{name} {library} {measure}: " + ", ".join(
                     f"{kernel['name']} {kernel['us']:.1f} us x{kernel['launches']:.0f}" for kernel in row["top"]))

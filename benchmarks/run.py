@@ -91,6 +91,7 @@ class Prepared(NamedTuple):
     train_flops: float
     calls: dict  # measure -> a call that blocks until its result is ready
     per_call: dict  # measure -> how many steps or events one call covers
+    repeats: dict  # measure -> single calls (a training run of train_steps, or one batch) per call
 
 
 def prepare_model(model, event_shape, *, train_batch, eval_batch, train_steps) -> Prepared:
@@ -122,16 +123,17 @@ def prepare_model(model, event_shape, *, train_batch, eval_batch, train_steps) -
         "log_prob": (lambda: _block(log_prob(model.params, x_eval)), eval_batch),
         "sample": (lambda: _block(sample(model.params, key, eval_batch)), eval_batch),
     }
-    calls, per_call = {}, {}
+    calls, per_call, repeats = {}, {}, {}
     for measure, (call, covered) in single_calls.items():
         call()  # warm-up
-        calls[measure], per_call[measure] = _repeated(call, covered)
+        calls[measure], repeats[measure] = _repeated(call)
+        per_call[measure] = covered * repeats[measure]
     flops = matmul_flops(step, model.params, opt_state, x_train)
-    return Prepared(compile_s, compile_step, flops, calls, per_call)
+    return Prepared(compile_s, compile_step, flops, calls, per_call, repeats)
 
 
-def _repeated(call, covered: int) -> tuple[Callable, int]:
-    """`call` repeated until one timing lasts MIN_TIMED_S, and the steps or events it then covers.
+def _repeated(call) -> tuple[Callable, int]:
+    """`call` repeated until one timing lasts MIN_TIMED_S, and how many times it then runs.
 
     A density evaluation on a GPU takes well under a millisecond, mostly dispatch and
     synchronisation: timed once, its median moved by 30% between runs. Each repeat still blocks.
@@ -142,7 +144,7 @@ def _repeated(call, covered: int) -> tuple[Callable, int]:
         for _ in range(repeats):
             call()
 
-    return repeated, covered * repeats
+    return repeated, repeats
 
 
 def measure_models(

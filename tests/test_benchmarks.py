@@ -73,7 +73,7 @@ def test_each_repeat_times_every_library_in_turn(monkeypatch):
         recompile = lambda: timed.append((model, "compile"))  # noqa: E731
         first_compile_s = {"A": 1.0, "B": 5.0}[model]
         per_call = {"train": train_steps, "log_prob": eval_batch, "sample": eval_batch}
-        return run.Prepared(first_compile_s, recompile, 2e9, calls, per_call)
+        return run.Prepared(first_compile_s, recompile, 2e9, calls, per_call, dict.fromkeys(run.MEASURES, 1))
 
     monkeypatch.setattr(run, "prepare_model", prepare)
     measured = run.measure_models(
@@ -94,9 +94,17 @@ def test_each_repeat_times_every_library_in_turn(monkeypatch):
 def test_short_calls_are_repeated_within_one_timing(monkeypatch, one_call_s, repeats):
     monkeypatch.setattr(run, "_seconds", lambda call: one_call_s)
     calls = []
-    repeated, covered = run._repeated(lambda: calls.append(1), covered=8192)
+    repeated, count = run._repeated(lambda: calls.append(1))
     repeated()
-    assert len(calls) == repeats and covered == 8192 * repeats
+    assert len(calls) == repeats and count == repeats
+
+
+def test_throughputs_count_every_repeat(monkeypatch):
+    monkeypatch.setattr(run, "_seconds", lambda call: 0.004)  # every call "short": 5 per timing
+    model = peers.build("jaxflow", "planar", jax.random.key(0), (3,), layers=2, hidden=())
+    ready = run.prepare_model(model, (3,), train_batch=4, eval_batch=8, train_steps=2)
+    assert ready.repeats == {"train": 5, "log_prob": 5, "sample": 5}
+    assert ready.per_call == {"train": 10, "log_prob": 40, "sample": 40}
 
 
 def _process(pid, name):

@@ -250,8 +250,13 @@ def _evaluate(in_bin, piece: _Bin, lower, upper, value):
     discards stays finite and its zero cotangent cannot turn into NaN.
     """
     out, log_det = in_bin(piece, jnp.clip(value, lower, upper))
-    inside = (value > lower) & (value < upper)  # on the ends the spline and the identity agree
+    inside = _strictly_inside(value, lower, upper)
     return jnp.where(inside, out, value), jnp.where(inside, log_det, 0.0)
+
+
+def _strictly_inside(value, lower, upper):
+    """Where the piece map applies; on the ends the spline and the identity agree."""
+    return (value > lower) & (value < upper)
 
 
 _IN_BIN = (_forward_in_bin, _inverse_in_bin)  # by searched side: x (forward), y (inverse)
@@ -372,7 +377,7 @@ def _spline_of_params_jvp(searched_side, config, primals, tangents):
     piece, index, probabilities = _locate(raw, value, searched_side, config)
     arg_tangents = jnp.stack([*_piece_tangent(raw, raw_tangent, index, probabilities, piece, config), value_tangent])
     out_partials, log_det_partials = _PARTIALS[searched_side](piece, jnp.clip(value, -config.bound, config.bound))
-    inside = (value > -config.bound) & (value < config.bound)
+    inside = _strictly_inside(value, -config.bound, config.bound)
     outside = (0.0,) * len(piece) + (1.0,)  # the identity's partials
     out_partials = jnp.stack([jnp.where(inside, partial, other) for partial, other in zip(out_partials, outside)])
     log_det_partials = jnp.stack([jnp.where(inside, partial, 0.0) for partial in log_det_partials])
