@@ -25,7 +25,7 @@ import jax
 from benchmarks import peers
 from benchmarks._common import environment, markdown_table, write_json
 from benchmarks.compile_depth import available
-from benchmarks.run import EVAL_BATCH, MEASURES, MODELS, event_shapes, prepare_model
+from benchmarks.run import EVAL_BATCH, MEASURES, MODELS, check_names, event_shapes, prepare_model
 
 # XLA's CPU runtime reports control flow as events enclosing the kernels of its body.
 _ENCLOSING = ("while", "conditional", "call")
@@ -94,6 +94,8 @@ def main(argv=None):
     parser.add_argument("--top", type=int, default=8, help="kernels listed per row")
     parser.add_argument("--out", default=None)
     args = parser.parse_args(argv)
+    check_names(parser, "models", args.models, MODELS)
+    check_names(parser, "measures", args.measures, MEASURES)
     libraries = available(["jaxflow", *[p for p in args.compare.split(",") if p]])
 
     print(environment())

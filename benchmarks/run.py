@@ -215,10 +215,15 @@ def parse_args(argv):
     parser.add_argument("--compile-repeats", type=int, default=3, help="compilations per compile-time median")
     parser.add_argument("--out", default=None)
     args = parser.parse_args(argv)
-    unknown = sorted(set(args.models.split(",")) - set(MODELS))
-    if unknown:
-        parser.error(f"unknown models {unknown}; expected names from {list(MODELS)}")
+    check_names(parser, "models", args.models, MODELS)
     return args
+
+
+def check_names(parser, option: str, given: str, known) -> None:
+    """A usage error for any comma-separated name in `given` that `known` lacks, naming both."""
+    unknown = sorted(set(given.split(",")) - set(known))
+    if unknown:
+        parser.error(f"unknown {option} {unknown}; expected names from {list(known)}")
 
 
 def suite_settings(args) -> dict:

@@ -107,6 +107,16 @@ def test_throughputs_count_every_repeat(monkeypatch):
     assert ready.per_call == {"train": 10, "log_prob": 40, "sample": 40}
 
 
+@pytest.mark.parametrize("option, value, message", [
+    ("--models", "realnvp,unet", "unknown models ['unet']"),
+    ("--measures", "train,speed", "unknown measures ['speed']"),
+])
+def test_kernel_profile_names_unknown_choices(capsys, option, value, message):
+    with pytest.raises(SystemExit):
+        kernels.main([option, value])
+    assert message in capsys.readouterr().err
+
+
 def _process(pid, name):
     return {"ph": "M", "name": "process_name", "pid": pid, "args": {"name": name}}
 
