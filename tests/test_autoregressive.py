@@ -13,6 +13,7 @@ from jaxflow.bijectors import transformers
 from jaxflow.bijectors.autoregressive import inverse_autoregressive, masked_autoregressive
 from jaxflow.bijectors.spline import rational_quadratic_spline
 from jaxflow.conditioners.made import hidden_unit_degrees, made, made_masks
+from jaxflow.conditioners.mlp import mlp
 from jaxflow.testing import perturbed_params
 
 DIM = 5
@@ -95,6 +96,24 @@ def test_made_starts_at_zero_and_runs_one_matmul_per_layer():
     np.testing.assert_array_equal(net.apply(params, x), np.zeros((DIM, 3)))
     equations = jax.make_jaxpr(net.apply)(params, x).jaxpr.eqns
     assert sum(e.primitive.name == "dot_general" for e in equations) == len(hidden) + 1
+
+
+@pytest.mark.parametrize("context_dim", [None, 2])
+def test_made_bound_to_params_masks_like_apply(context_dim):
+    """Every kernel entry is perturbed, masked-out ones included: `bind` must mask them too."""
+    net = made(DIM, 3, hidden=(16, 16), order=ORDERS["shuffled"], context_dim=context_dim)
+    params = _perturbed(net)
+    x = jax.random.normal(jax.random.key(1), (DIM,))
+    context = None if context_dim is None else jax.random.normal(jax.random.key(2), (context_dim,))
+    np.testing.assert_allclose(net.bound(params)(x, context), net.apply(params, x, context), rtol=1e-6, atol=1e-6)
+
+
+def test_conditioners_without_bind_are_bound_by_fixing_the_params():
+    net = mlp(3, 4, hidden=(8,))
+    params = perturbed_params(net, jax.random.key(0), 0.5)
+    x = jnp.arange(3.0)
+    assert net.bind is None
+    np.testing.assert_array_equal(net.bound(params)(x), net.apply(params, x))
 
 
 def test_made_rejects_bad_configuration_and_inputs():
@@ -197,6 +216,29 @@ def test_sampling_loop_is_traced_once_whatever_the_dim():
         return len(jax.make_jaxpr(bijector.forward)(params, jnp.zeros(dim)).jaxpr.eqns)
 
     assert num_equations(3) == num_equations(24)
+
+
+def _kernel_products(jaxpr, kernel_shapes, *, in_loop=False):
+    """(outside loops, inside loops): counts of products with a kernel's shape in `jaxpr` and its sub-jaxprs."""
+    counts = np.zeros(2, int)
+    for equation in jaxpr.eqns:
+        if equation.primitive.name == "mul" and equation.outvars[0].aval.shape in kernel_shapes:
+            counts[int(in_loop)] += 1
+        for param in equation.params.values():
+            inner = getattr(param, "jaxpr", param)
+            if hasattr(inner, "eqns"):
+                is_loop = in_loop or equation.primitive.name in ("scan", "while")
+                counts += _kernel_products(inner, kernel_shapes, in_loop=is_loop)
+    return counts
+
+
+def test_sampling_masks_the_made_kernels_once_outside_its_loop():
+    bijector = masked_autoregressive(DIM, transformers.affine(), hidden=(8, 8))
+    params = bijector.init(jax.random.key(0))
+    kernel_shapes = {leaf.shape for leaf in jax.tree.leaves(params) if leaf.ndim == 2}
+    jaxpr = jax.make_jaxpr(bijector.forward)(params, jnp.zeros(DIM)).jaxpr
+    outside, inside = _kernel_products(jaxpr, kernel_shapes)
+    assert (outside, inside) == (3, 0)
 
 
 def test_one_dimensional_layer_is_an_elementwise_map():

@@ -33,8 +33,9 @@ def test_invert_swaps_directions():
     np.testing.assert_array_equal(inverted.inverse(params, x)[1], bijector.forward(params, x)[1])
 
 
-def _layer():
-    return jf.chain(jb.affine_coupling(DIM, hidden=(8,)), jb.reverse())
+def _layer(perm=None):
+    """An affine coupling and a permutation (a reversal when no `perm` is given)."""
+    return jf.chain(jb.affine_coupling(DIM, hidden=(8,)), jb.reverse() if perm is None else jb.permutation(perm))
 
 
 @pytest.mark.float64  # float32 rounding differs with the order of operations, 1e-4 after 5 layers
@@ -44,15 +45,16 @@ def _layer():
 def test_stack_equals_a_python_loop_over_layers(direction, unroll, select_vectors, monkeypatch):
     monkeypatch.setattr(base, "_selects_layer_vectors", lambda: select_vectors)
     num_layers = 5
-    layer = _layer()
-    stacked = jf.stack(layer, num_layers, unroll=unroll)
+    perms = np.asarray(jb.random_permutations(jax.random.key(0), num_layers, DIM))
+    stacked = jf.stack(_layer, num_layers, constants=perms, unroll=unroll)
     params = perturbed_params(stacked, jax.random.key(1), 0.4)
     x = jax.random.normal(jax.random.key(2), (DIM,))
     y, log_det = getattr(stacked, direction)(params, x)
     order = range(num_layers) if direction == "forward" else reversed(range(num_layers))
     expected, total = x, 0.0
     for i in order:
-        expected, ld = getattr(layer, direction)(jax.tree.map(operator.itemgetter(i), params), expected)
+        layer_params = jax.tree.map(operator.itemgetter(i), params)
+        expected, ld = getattr(_layer(perms[i]), direction)(layer_params, expected)
         total += ld
     np.testing.assert_allclose(y, expected, rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose(log_det, total, rtol=1e-12, atol=1e-12)
@@ -81,6 +83,18 @@ def test_stack_gradients_equal_the_python_loops(select_vectors, monkeypatch):
 
     expected, got = jax.grad(looped)(params), jax.grad(scanned)(params)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12), got, expected)
+
+
+def test_both_vector_selections_hand_each_stochastic_layer_the_same_key(monkeypatch):
+    stacked = jf.stack(jb.residual(DIM, hidden=(8,), log_det="series"), 3)
+    params = perturbed_params(stacked, jax.random.key(1), 0.3)
+    x, key = jax.random.normal(jax.random.key(2), (DIM,)), jax.random.key(3)
+    results = {}
+    for select_vectors in (True, False):
+        monkeypatch.setattr(base, "_selects_layer_vectors", lambda selected=select_vectors: selected)
+        results[select_vectors] = [getattr(stacked, d)(params, x, key=key) for d in ("forward", "inverse")]
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6), results[True], results[False])
+    assert float(results[True][1][1]) != float(stacked.inverse(params, x, key=jax.random.key(4))[1]), "key unused?"
 
 
 @pytest.mark.parametrize("select_vectors", [False, True])

@@ -57,23 +57,21 @@ def masked_autoregressive(
     make = conditioner or functools.partial(made, hidden=hidden)
     net = make(dim, transformer.num_params, order=order, context_dim=context_dim)
 
-    def params_for(params, y, context):
-        return net.apply(params, y, context).astype(y.dtype)
-
     def forward(params, x, context=None):
         x = check_event(name, x, (dim,))
+        theta_of = net.bound(params)  # params-only work (MADE's masking) done once, not in every pass
 
         def one_more_position(_, y):
-            return transformer.forward(params_for(params, y, context), x)[0]
+            return transformer.forward(theta_of(y, context).astype(y.dtype), x)[0]
 
         # After k passes the first k positions of the order are exact; the last pass also gives the log-det.
         y = jax.lax.fori_loop(0, dim - 1, one_more_position, x)
-        y, log_det = transformer.forward(params_for(params, y, context), x)
+        y, log_det = transformer.forward(theta_of(y, context).astype(y.dtype), x)
         return y, jnp.sum(log_det)
 
     def inverse(params, y, context=None):
         y = check_event(name, y, (dim,))
-        x, log_det = transformer.inverse(params_for(params, y, context), y)
+        x, log_det = transformer.inverse(net.apply(params, y, context).astype(y.dtype), y)
         return x, jnp.sum(log_det)
 
     return Bijector(net.init, forward, inverse, name)

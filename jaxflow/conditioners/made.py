@@ -36,16 +36,20 @@ class MaskedDense(nn.Module):
     Attributes:
       mask: numpy array (in_features, features); a constant, never a param.
       kernel_init: initialiser of the (unmasked) kernel.
+      premasked: the kernel in params already carries the mask (see `mask_kernels`).
     """
 
     mask: np.ndarray
     kernel_init: Callable = nn.initializers.lecun_normal()
+    premasked: bool = False
 
     @nn.compact
     def __call__(self, h):
         kernel = self.param("kernel", self.kernel_init, self.mask.shape, jnp.float32)
         bias = self.param("bias", nn.initializers.zeros, self.mask.shape[1:], jnp.float32)
-        return h @ (kernel * self.mask.astype(kernel.dtype)) + bias
+        if not self.premasked:
+            kernel = kernel * self.mask.astype(kernel.dtype)
+        return h @ kernel + bias
 
 
 class MADE(nn.Module):
@@ -54,17 +58,27 @@ class MADE(nn.Module):
     Attributes:
       masks: one (in, out) mask per layer, the last one for the output layer.
       activation: applied after every hidden layer.
+      premasked: the kernels in params already carry their masks (see `mask_kernels`).
     """
 
     masks: Sequence[np.ndarray]
     activation: Callable = nn.relu
+    premasked: bool = False
 
     @nn.compact
     def __call__(self, h):
         *hidden_masks, output_mask = self.masks
         for mask in hidden_masks:
-            h = self.activation(MaskedDense(mask)(h))
-        return MaskedDense(output_mask, kernel_init=nn.initializers.zeros)(h)
+            h = self.activation(MaskedDense(mask, premasked=self.premasked)(h))
+        return MaskedDense(output_mask, kernel_init=nn.initializers.zeros, premasked=self.premasked)(h)
+
+    def mask_kernels(self, params):
+        """`params` with every kernel multiplied by its mask, for `MADE(..., premasked=True)`."""
+        layers = dict(params["params"])
+        for i, mask in enumerate(self.masks):
+            layer = layers[f"MaskedDense_{i}"]
+            layers[f"MaskedDense_{i}"] = {**layer, "kernel": layer["kernel"] * mask.astype(layer["kernel"].dtype)}
+        return {**params, "params": layers}
 
 
 def check_order(dim: int, order) -> np.ndarray:
@@ -166,4 +180,10 @@ def made(
     def apply(params, x, context=None):
         return module.apply(params, inputs(x, context)).reshape(num_params, dim).T
 
-    return Conditioner(init, apply)
+    premasked = module.clone(premasked=True)
+
+    def bind(params):
+        masked = module.mask_kernels(params)
+        return lambda x, context=None: premasked.apply(masked, inputs(x, context)).reshape(num_params, dim).T
+
+    return Conditioner(init, apply, bind)

@@ -1,8 +1,9 @@
 """Conditioners: networks that map the conditioning input (and a context) to transformer params.
 
-    Conditioner(init, apply)
+    Conditioner(init, apply, bind=None)
       init(key)                       -> params
       apply(params, h, context=None)  -> raw params for the transformer
+      bind(params)                    -> (h, context=None) -> the same, params-only work done once
 
 Networks are Flax linen modules; only their params pytrees cross into bijectors. The
 last layer starts at zero, so every fresh flow is the identity.
@@ -10,6 +11,7 @@ last layer starts at zero, so every fresh flow is the identity.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
@@ -20,10 +22,22 @@ from jaxflow.bijectors._checks import check_context
 
 
 class Conditioner(NamedTuple):
-    """A network as pure functions: `init(key) -> params`, `apply(params, h, context=None)`."""
+    """A network as pure functions: `init(key) -> params`, `apply(params, h, context=None)`.
+
+    `bind`, optional, fixes the params and does the work that depends on them alone once
+    (MADE masks its kernels), for callers that apply one params many times in a loop, such as
+    autoregressive sampling: XLA does not always hoist that work out of the loop itself.
+    """
 
     init: Callable
     apply: Callable
+    bind: Callable | None = None
+
+    def bound(self, params) -> Callable:
+        """`(h, context=None) -> apply(params, h, context)`, through `bind` when there is one."""
+        if self.bind is None:
+            return functools.partial(self.apply, params)
+        return self.bind(params)
 
 
 class MLP(nn.Module):
