@@ -135,6 +135,8 @@ def test_made_rejects_bad_configuration_and_inputs():
         net.apply(params, jnp.ones(4))
     with pytest.raises(TypeError, match="floating"):
         net.apply(params, jnp.ones(3, int))
+    with pytest.raises(ValueError, match=r"MaskedDense_0 kernel of shape \(3, 4\), got shape \(3, 6\)"):
+        net.bound(made(3, 2, hidden=()).init(jax.random.key(0)))  # params of a MADE without hidden layers
 
 
 TRANSFORMERS = {"affine": transformers.affine, "rq_spline": functools.partial(rational_quadratic_spline, num_bins=4)}

@@ -16,6 +16,7 @@ References: Germain et al. (2015) MADE, https://arxiv.org/abs/1502.03509
 
 from __future__ import annotations
 
+import functools
 import itertools
 from collections.abc import Callable, Sequence
 
@@ -76,8 +77,13 @@ class MADE(nn.Module):
         """`params` with every kernel multiplied by its mask, for `MADE(..., premasked=True)`."""
         layers = dict(params["params"])
         for i, mask in enumerate(self.masks):
-            layer = layers[f"MaskedDense_{i}"]
-            layers[f"MaskedDense_{i}"] = {**layer, "kernel": layer["kernel"] * mask.astype(layer["kernel"].dtype)}
+            name = f"MaskedDense_{i}"
+            kernel = layers.get(name, {}).get("kernel")
+            if jnp.shape(kernel) != mask.shape:
+                got = "no kernel" if kernel is None else f"shape {jnp.shape(kernel)}"
+                raise ValueError(f"MADE: expected a {name} kernel of shape {mask.shape}, got {got}; "
+                                 "were these params made by this MADE's init?")
+            layers[name] = {**layers[name], "kernel": kernel * mask.astype(kernel.dtype)}
         return {**params, "params": layers}
 
 
@@ -177,13 +183,10 @@ def made(
     def init(key):
         return module.init(key, jnp.zeros(dim + (context_dim or 0)))
 
-    def apply(params, x, context=None):
-        return module.apply(params, inputs(x, context)).reshape(num_params, dim).T
-
-    premasked = module.clone(premasked=True)
+    def run(network, params, x, context=None):
+        return network.apply(params, inputs(x, context)).reshape(num_params, dim).T
 
     def bind(params):
-        masked = module.mask_kernels(params)
-        return lambda x, context=None: premasked.apply(masked, inputs(x, context)).reshape(num_params, dim).T
+        return functools.partial(run, module.clone(premasked=True), module.mask_kernels(params))
 
-    return Conditioner(init, apply, bind)
+    return Conditioner(init, functools.partial(run, module), bind)
