@@ -108,6 +108,25 @@ def test_made_bound_to_params_masks_like_apply(context_dim):
     np.testing.assert_allclose(net.bound(params)(x, context), net.apply(params, x, context), rtol=1e-6, atol=1e-6)
 
 
+@pytest.mark.parametrize("hidden_degrees", ["sequential", "random"])
+@pytest.mark.parametrize("context_dim", [None, 2])
+def test_made_bound_for_the_first_positions_is_exact_there(hidden_degrees, context_dim):
+    order = _order("shuffled")
+    net = made(DIM, 3, hidden=(16, 16), activation=nn.tanh, order=order, context_dim=context_dim,
+               hidden_degrees=hidden_degrees, key=jax.random.key(3))
+    params = _perturbed(net)
+    x = jax.random.normal(jax.random.key(1), (DIM,))
+    context = None if context_dim is None else jax.random.normal(jax.random.key(2), (context_dim,))
+    full = np.asarray(net.apply(params, x, context))
+    skipped_work = []
+    for positions in range(1, DIM + 1):
+        theta = np.asarray(net.bound(params, positions)(x, context))
+        solved = order < positions
+        np.testing.assert_allclose(theta[solved], full[solved], rtol=1e-5, atol=1e-6)
+        skipped_work.append(not np.allclose(theta[~solved], full[~solved]))
+    assert any(skipped_work), "no positions restricted the network"
+
+
 def test_conditioners_without_bind_are_bound_by_fixing_the_params():
     net = mlp(3, 4, hidden=(8,))
     params = perturbed_params(net, jax.random.key(0), 0.5)
@@ -211,13 +230,13 @@ def test_fresh_layer_is_the_identity_and_random_degree_conditioners_plug_in():
     np.testing.assert_allclose(bijector.inverse(params, bijector.forward(params, x)[0])[0], x, rtol=1e-5, atol=1e-5)
 
 
-def test_sampling_loop_is_traced_once_whatever_the_dim():
+def test_sampling_loops_are_traced_once_whatever_the_dim():
     def num_equations(dim):
         bijector = masked_autoregressive(dim, transformers.affine(), hidden=(8,))
         params = bijector.init(jax.random.key(0))
         return len(jax.make_jaxpr(bijector.forward)(params, jnp.zeros(dim)).jaxpr.eqns)
 
-    assert num_equations(3) == num_equations(24)
+    assert num_equations(24) == num_equations(96)  # four loops of passes either way
 
 
 def _kernel_products(jaxpr, kernel_shapes, *, in_loop=False):
@@ -240,7 +259,7 @@ def test_sampling_masks_the_made_kernels_once_outside_its_loop():
     kernel_shapes = {leaf.shape for leaf in jax.tree.leaves(params) if leaf.ndim == 2}
     jaxpr = jax.make_jaxpr(bijector.forward)(params, jnp.zeros(DIM)).jaxpr
     outside, inside = _kernel_products(jaxpr, kernel_shapes)
-    assert (outside, inside) == (3, 0)
+    assert inside == 0 and outside >= 3
 
 
 def test_one_dimensional_layer_is_an_elementwise_map():

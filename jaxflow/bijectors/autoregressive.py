@@ -13,10 +13,12 @@ Kingma et al. (2016) IAF, https://arxiv.org/abs/1606.04934
 from __future__ import annotations
 
 import functools
+import itertools
 from collections.abc import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jaxflow.bijectors import transformers
 from jaxflow.bijectors._checks import check_event
@@ -59,14 +61,18 @@ def masked_autoregressive(
 
     def forward(params, x, context=None):
         x = check_event(name, x, (dim,))
-        theta_of = net.bound(params)  # params-only work (MADE's masking) done once, not in every pass
 
-        def one_more_position(_, y):
-            return transformer.forward(theta_of(y, context).astype(y.dtype), x)[0]
+        def solve(theta_of):
+            return lambda _, y: transformer.forward(theta_of(y, context).astype(y.dtype), x)[0]
 
-        # After k passes the first k positions of the order are exact; the last pass also gives the log-det.
-        y = jax.lax.fori_loop(0, dim - 1, one_more_position, x)
-        y, log_det = transformer.forward(theta_of(y, context).astype(y.dtype), x)
+        # After k passes the first k positions of the order are exact. The passes run in a few
+        # loops, each with the conditioner bound for the positions its passes solve (MADE then
+        # skips the hidden units they do not read) and its params-only work done before the loop.
+        y = x
+        for start, stop in _pass_groups(dim - 1):
+            y = jax.lax.fori_loop(start, stop, solve(net.bound(params, positions=stop)), y)
+        # The last pass solves the last position and gives every log-det.
+        y, log_det = transformer.forward(net.bound(params)(y, context).astype(y.dtype), x)
         return y, jnp.sum(log_det)
 
     def inverse(params, y, context=None):
@@ -75,6 +81,17 @@ def masked_autoregressive(
         return x, jnp.sum(log_det)
 
     return Bijector(net.init, forward, inverse, name)
+
+
+def _pass_groups(passes: int, groups: int = 4) -> list[tuple[int, int]]:
+    """`range(passes)` as at most `groups` contiguous (start, stop) ranges of near-equal length.
+
+    With MADE, a pass's cost grows with the square of the positions it solves, so splitting
+    them into four loops does about half the hidden layers' work of one loop (0.47 of it);
+    more loops would save little more (0.33 at most) and compile one more body each.
+    """
+    bounds = np.linspace(0, passes, min(groups, passes) + 1).round().astype(int)
+    return [(int(start), int(stop)) for start, stop in itertools.pairwise(bounds)]
 
 
 def inverse_autoregressive(

@@ -86,6 +86,20 @@ class MADE(nn.Module):
             layers[name] = {**layers[name], "kernel": kernel * mask.astype(kernel.dtype)}
         return {**params, "params": layers}
 
+    def restricted(self, params, hidden_units: Sequence[np.ndarray]):
+        """This MADE on some of its hidden units (an index array per hidden layer), and its params.
+
+        Outputs that read only kept units keep their values; the others change.
+        """
+        units = [np.arange(self.masks[0].shape[0]), *hidden_units, np.arange(self.masks[-1].shape[1])]
+        masks, layers = [], {}
+        for i, (mask, rows, columns) in enumerate(zip(self.masks, units, units[1:])):
+            layer = params["params"][f"MaskedDense_{i}"]
+            masks.append(mask[np.ix_(rows, columns)])
+            kernel, bias = layer["kernel"][np.ix_(rows, columns)], layer["bias"][columns]
+            layers[f"MaskedDense_{i}"] = {"kernel": kernel, "bias": bias}
+        return self.clone(masks=masks), {**params, "params": layers}
+
 
 def check_order(dim: int, order) -> np.ndarray:
     """Returns `order` (default 0..dim-1) as an int array after checking it permutes 0..dim-1."""
@@ -186,7 +200,13 @@ def made(
     def run(network, params, x, context=None):
         return network.apply(params, inputs(x, context)).reshape(num_params, dim).T
 
-    def bind(params):
-        return functools.partial(run, module.clone(premasked=True), module.mask_kernels(params))
+    def bind(params, positions=None):
+        network, params = module.clone(premasked=True), module.mask_kernels(params)
+        # The entry k-th in the order reads only hidden units of degree <= k (flax cannot
+        # initialise an empty layer, so a restriction that would empty one is not made).
+        read = [np.flatnonzero(d < positions) for d in degrees] if positions is not None else []
+        if read and all(units.size for units in read) and positions < dim:
+            network, params = network.restricted(params, read)
+        return functools.partial(run, network, params)
 
     return Conditioner(init, functools.partial(run, module), bind)

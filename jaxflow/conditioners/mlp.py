@@ -3,7 +3,7 @@
     Conditioner(init, apply, bind=None)
       init(key)                       -> params
       apply(params, h, context=None)  -> raw params for the transformer
-      bind(params)                    -> (h, context=None) -> the same, params-only work done once
+      bind(params, positions=None)    -> (h, context=None) -> the same, params-only work done once
 
 Networks are Flax linen modules; only their params pytrees cross into bijectors. The
 last layer starts at zero, so every fresh flow is the identity.
@@ -26,18 +26,20 @@ class Conditioner(NamedTuple):
 
     `bind`, optional, fixes the params and does the work that depends on them alone once
     (MADE masks its kernels), for callers that apply one params many times in a loop, such as
-    autoregressive sampling: XLA does not always hoist that work out of the loop itself.
+    autoregressive sampling: XLA does not always hoist that work out of the loop itself. Given
+    `positions`, an autoregressive conditioner's bound function need only be exact for the
+    entries among the first `positions` in its order, and may skip the work the others need.
     """
 
     init: Callable
     apply: Callable
     bind: Callable | None = None
 
-    def bound(self, params) -> Callable:
-        """`(h, context=None) -> apply(params, h, context)`, through `bind` when there is one."""
+    def bound(self, params, positions: int | None = None) -> Callable:
+        """`(h, context=None) -> apply(params, h, context)` (see `bind`); exact at least for `positions`."""
         if self.bind is None:
             return functools.partial(self.apply, params)
-        return self.bind(params)
+        return self.bind(params, positions)
 
 
 class MLP(nn.Module):
