@@ -86,9 +86,9 @@ def masked_autoregressive(
 def _pass_groups(passes: int, groups: int = 4) -> list[tuple[int, int]]:
     """`range(passes)` as at most `groups` contiguous (start, stop) ranges of near-equal length.
 
-    With MADE, a pass's cost grows with the square of the positions it solves, so splitting
-    them into four loops does about half the hidden layers' work of one loop (0.47 of it);
-    more loops would save little more (0.33 at most) and compile one more body each.
+    With MADE, the hidden-to-hidden product of a pass grows with the square of the positions
+    it solves: for evenly spread degrees, four loops do 0.47 of one loop's work, and more
+    loops would save little more (0.33 at the limit) while compiling one more body each.
     """
     bounds = np.linspace(0, passes, min(groups, passes) + 1).round().astype(int)
     return [(int(start), int(stop)) for start, stop in itertools.pairwise(bounds)]

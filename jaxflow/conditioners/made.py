@@ -202,11 +202,11 @@ def made(
 
     def bind(params, positions=None):
         network, params = module.clone(premasked=True), module.mask_kernels(params)
-        # The entry k-th in the order reads only hidden units of degree <= k (flax cannot
-        # initialise an empty layer, so a restriction that would empty one is not made).
-        read = [np.flatnonzero(d < positions) for d in degrees] if positions is not None else []
-        if read and all(units.size for units in read) and positions < dim:
-            network, params = network.restricted(params, read)
+        if positions is not None and positions < dim:
+            # The entry k-th in the order reads only the hidden units of degree <= k.
+            read = [np.flatnonzero(d < positions) for d in degrees]
+            if all(units.size for units in read):  # flax cannot initialise an empty layer
+                network, params = network.restricted(params, read)
         return functools.partial(run, network, params)
 
     return Conditioner(init, functools.partial(run, module), bind)
