@@ -203,10 +203,11 @@ def made(
     def bind(params, positions=None):
         network, params = module.clone(premasked=True), module.mask_kernels(params)
         if positions is not None and positions < dim:
-            # The entry k-th in the order reads only the hidden units of degree <= k.
-            read = [np.flatnonzero(d < positions) for d in degrees]
-            if all(units.size for units in read):  # flax cannot initialise an empty layer
-                network, params = network.restricted(params, read)
+            # The entry k-th in the order reads only the hidden units of degree <= k. Keeping
+            # more changes none of those entries, so each layer keeps its lowest degree at least
+            # (flax cannot initialise an empty layer).
+            read = [np.flatnonzero(d < max(positions, d.min() + 1)) for d in degrees]
+            network, params = network.restricted(params, read)
         return functools.partial(run, network, params)
 
     return Conditioner(init, functools.partial(run, module), bind)
