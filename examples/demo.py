@@ -151,15 +151,15 @@ def reference_posterior(target, *, key, path=None, num_warmup=1000, num_samples=
         return np.asarray(mcmc.get_samples(), np.float64), f"NUTS run here ({num_samples} draws)"
 
 
-def logistic_regression(out: Path, num_steps: int) -> dict:
+def logistic_regression(out: Path, num_steps: int, laplace_start: bool = True) -> dict:
     """A variational posterior for Bayesian logistic regression (31 parameters) against NUTS draws."""
     target = targets.logistic_regression_breast_cancer()
     body = flows.realnvp(target.dim, layers=4, hidden=(64, 64), permute="random").bijector
     flow = jf.Flow(jf.standard_normal(target.dim), jf.chain(body, jb.affine(target.dim)))
-    # Start the final affine layer at the Laplace approximation: the fit then only has to bend it.
-    mode, sd = targets.laplace_approximation(target)
-    params = flow.init(jax.random.key(7))
-    params = {**params, "bijector": (params["bijector"][0], jb.affine_params(mode, sd))}
+    params = flow.init(jax.random.key(7))  # the final affine layer starts as the identity
+    if laplace_start:  # at the Laplace approximation instead: the fit then only has to bend it
+        mode, sd = targets.laplace_approximation(target)
+        params = {**params, "bijector": (params["bijector"][0], jb.affine_params(mode, sd))}
     params, _ = reverse_kl.fit(
         jax.random.key(6), flow, params, target.log_density,
         num_samples=128, num_steps=num_steps, stick_the_landing=True,
@@ -200,6 +200,8 @@ def main(argv=None):
     parser.add_argument("--out", default="out/demo", type=Path)
     parser.add_argument("--steps", type=int, default=1500, help="training steps per forward-KL fit")
     parser.add_argument("--vi-steps", type=int, default=2000, help="training steps of the reverse-KL fit")
+    parser.add_argument("--no-laplace", action="store_true",
+                        help="start the reverse-KL fit at N(0, I) rather than at the Laplace approximation")
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
@@ -208,7 +210,7 @@ def main(argv=None):
         lambda: core_showcase(args.out),
         lambda: two_moons(args.out, args.steps),
         lambda: digits(args.out, args.steps),
-        lambda: logistic_regression(args.out, args.vi_steps),
+        lambda: logistic_regression(args.out, args.vi_steps, laplace_start=not args.no_laplace),
     ]
     summary = {}
     for part in parts:

@@ -182,16 +182,21 @@ def _check_same_leaves(where: str, meta: dict, template: dict) -> None:
         return
     expected_fingerprint = fingerprint(_params_of(template["state"]))
     params_first = lambda path: (not path.startswith("state/params/"), path)  # noqa: E731
+    every_path = sorted(saved.keys() | expected.keys(), key=params_first)
+    paths = [path for path in every_path if saved.get(path) != expected.get(path)]
     differences = [
         f"{path}: {_spec(saved.get(path))} in the checkpoint, {_spec(expected.get(path))} in the template"
-        for path in sorted(saved.keys() | expected.keys(), key=params_first)
-        if saved.get(path) != expected.get(path)
+        for path in paths
     ]
-    model = (
-        "a model with the same params but different other leaves (another optimizer?)"
-        if meta["params_fingerprint"] == expected_fingerprint
-        else "a different model"
-    )
+    if meta["params_fingerprint"] != expected_fingerprint:
+        model = "a different model"
+    elif all(path.split("/")[0] == "extra" for path in paths):
+        model = (
+            "the same model and optimizer with other extras (e.g. the best params a run with a validation set "
+            "keeps: resume with the validation settings the run had)"
+        )
+    else:
+        model = "a model with the same params but different other leaves (another optimizer?)"
     listed = "; ".join(differences[:MAX_LISTED_DIFFERENCES])
     unlisted = len(differences) - MAX_LISTED_DIFFERENCES
     more = f"; and {unlisted} more" if unlisted > 0 else ""

@@ -16,7 +16,7 @@ import pytest
 
 import jaxflow as jf
 from jaxflow import checkpoint
-from jaxflow.train import forward_kl, init_state, reverse_kl
+from jaxflow.train import distill, forward_kl, init_state, reverse_kl
 
 # The same fit runs killed in a subprocess and resumed in this process: it lives in a file both can run.
 FIT_SCRIPT = """
@@ -138,7 +138,7 @@ def test_another_model_is_refused_naming_the_leaf(tmp_path):
     with pytest.raises(ValueError, match=r"another optimizer.*state/opt_state/0/mu/bijector/log_scale: float32\(2,\) "
                                          r"in the checkpoint, absent in the template"):
         checkpoint.restore(tmp_path, affine_state(2, optimizer=optax.sgd(1e-3)))
-    with pytest.raises(ValueError, match=r"extra/best/shift: absent in the checkpoint, float32\(2,\)"):
+    with pytest.raises(ValueError, match=r"other extras.*extra/best/shift: absent in the checkpoint, float32\(2,\)"):
         checkpoint.restore(tmp_path, affine_state(2), extra={"best": affine_state(2).params["bijector"]})
     with pytest.raises(TypeError, match="scalar `step`"):
         checkpoint.save(tmp_path, checkpoint.Snapshot({"w": jnp.ones(2)}, jax.random.key(0), {}))
@@ -187,16 +187,26 @@ def test_forward_kl_refuses_a_checkpoint_of_another_model_or_key(tmp_path):
                                 checkpoint_dir=tmp_path / "checkpoints")
 
 
-def test_reverse_kl_stopped_and_resumed_ends_like_the_uninterrupted_run(tmp_path):
+def reverse_kl_fit(**options):
     flow = jf.Flow(jf.standard_normal(2), jf.bijectors.affine(2))
+    return reverse_kl.fit(
+        jax.random.key(3), flow, flow.init(jax.random.key(0)), lambda x: -0.5 * jnp.sum((x - 1.0) ** 2),
+        num_steps=50, chunk_size=10, anneal_steps=30, optimizer=optax.adam(1e-2), checkpoint_every=20,
+        progress=False, **options,
+    )
 
-    def fit(**options):
-        return reverse_kl.fit(
-            jax.random.key(3), flow, flow.init(jax.random.key(0)), lambda x: -0.5 * jnp.sum((x - 1.0) ** 2),
-            num_steps=50, chunk_size=10, anneal_steps=30, optimizer=optax.adam(1e-2), checkpoint_every=20,
-            progress=False, **options,
-        )
 
+def distill_fit(**options):
+    student = jf.Flow(jf.standard_normal(2), jf.bijectors.affine(2))
+    teacher_params = {"base": (), "bijector": {"shift": jnp.array([1.0, -1.0]), "log_scale": jnp.array([-0.5, 0.3])}}
+    return distill.fit(
+        jax.random.key(3), student, student.init(jax.random.key(0)), student, teacher_params, num_samples=64,
+        num_steps=50, chunk_size=10, optimizer=optax.adam(1e-2), checkpoint_every=20, progress=False, **options,
+    )
+
+
+@pytest.mark.parametrize("fit, extra_history", [(reverse_kl_fit, ("beta",)), (distill_fit, ())])
+def test_reverse_kl_and_distillation_stopped_and_resumed_end_like_the_uninterrupted_run(tmp_path, fit, extra_history):
     params, history = fit()
     fit(checkpoint_dir=tmp_path, callback=lambda state, history: len(history["loss"]) == 30)
     assert sorted(os.listdir(tmp_path)) == ["20", "30"]  # every 20 steps, and where the callback stopped
@@ -206,5 +216,24 @@ def test_reverse_kl_stopped_and_resumed_ends_like_the_uninterrupted_run(tmp_path
     assert checkpoint.latest(tmp_path) == 50 and not chunks  # a finished run is not trained further
     for result in ((resumed_params, resumed), (again_params, again)):
         jax.tree.map(np.testing.assert_array_equal, result[0], params)
-        for name in ("loss", "grad_norm", "skipped", "beta"):
+        for name in ("loss", "grad_norm", "skipped", *extra_history):
             np.testing.assert_array_equal(result[1][name], history[name])
+
+
+def test_a_run_extended_from_an_odd_step_keeps_to_the_chunk_grid(tmp_path):
+    flow = jf.Flow(jf.standard_normal(2), jf.bijectors.affine(2))
+    data = np.random.default_rng(0).normal(size=(200, 2)).astype(np.float32)
+
+    def fit(num_steps, **options):
+        return forward_kl.fit(
+            jax.random.key(1), flow, flow.init(jax.random.key(0)), data, num_steps=num_steps, chunk_size=10,
+            checkpoint_every=20, progress=False, checkpoint_dir=tmp_path, **options,
+        )
+
+    fit(25)
+    assert sorted(map(int, os.listdir(tmp_path))) == [20, 25]
+    chunk_ends = []
+    _, history = fit(75, callback=lambda state, history: chunk_ends.append(len(history["loss"])))
+    assert chunk_ends == [30, 40, 50, 60, 70, 75]  # the steps up to 30 first, then whole chunks
+    assert sorted(map(int, os.listdir(tmp_path))) == [40, 60, 75]  # every 20 steps, and at the end
+    np.testing.assert_array_equal(history["validation_step"], [10, 20, 25, 30, 40, 50, 60, 70, 75])

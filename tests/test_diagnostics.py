@@ -85,6 +85,9 @@ def test_ess_and_log_evidence_of_a_shifted_normal_target():
     assert float(result.k_hat) < 0.5
 
 
-def test_too_few_weights_are_refused():
-    with pytest.raises(ValueError, match="at least 25 weights"):
+def test_too_few_weights_are_refused_and_the_fewest_accepted():
+    assert diagnostics.tail_size(diagnostics.MIN_WEIGHTS) == diagnostics.MIN_TAIL
+    assert diagnostics.tail_size(diagnostics.MIN_WEIGHTS - 1) < diagnostics.MIN_TAIL
+    with pytest.raises(ValueError, match=f"at least {diagnostics.MIN_WEIGHTS} weights .* got 20"):
         diagnostics.pareto_k(jnp.zeros(20))
+    assert np.isfinite(diagnostics.pareto_k(jax.random.normal(jax.random.key(0), (21,))))

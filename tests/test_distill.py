@@ -9,7 +9,7 @@ from scipy import stats
 
 import jaxflow as jf
 from jaxflow import flows
-from jaxflow.testing import perturbed_params
+from jaxflow.testing import perturbed_params, with_noisy_log_det
 from jaxflow.train import distill
 
 MATRIX = np.array([[1.0, 0.0], [0.9, 0.6]])
@@ -65,6 +65,19 @@ def test_loss_is_zero_and_sticking_the_landing_gradient_vanishes_for_a_copy_of_t
     loss, stl_norm = loss_and_gradient_norm(True)
     assert abs(loss) < 1e-5
     assert stl_norm < 1e-5 < 1e-2 < loss_and_gradient_norm(False)[1]  # the score term alone is noise
+
+
+def test_sticking_the_landing_hands_a_stochastic_student_a_key_of_its_own():
+    noisy_student = jf.Flow(jf.standard_normal(2), with_noisy_log_det(jf.bijectors.affine(2)))
+    teacher, num_samples = gaussian_teacher(), 256
+
+    def loss(student):
+        return distill.loss(STUDENT_PARAMS, student, teacher, TEACHER_PARAMS, jax.random.key(1), num_samples,
+                            stick_the_landing=True)
+
+    noisy, exact = loss(noisy_student), loss(gaussian_student())
+    assert noisy != exact
+    np.testing.assert_allclose(noisy, exact, atol=5 * 0.1 / np.sqrt(num_samples))
 
 
 def test_fit_brings_an_iaf_student_to_a_maf_teacher():

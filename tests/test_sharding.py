@@ -23,7 +23,7 @@ import numpy as np
 import optax
 
 import jaxflow as jf
-from jaxflow.train import forward_kl, reverse_kl, sharding
+from jaxflow.train import distill, forward_kl, reverse_kl, sharding
 
 mesh = sharding.data_mesh()
 flow = jf.Flow(jf.standard_normal(2), jf.bijectors.affine(2))
@@ -45,6 +45,18 @@ def dequantize(key, x):  # the identity, here to look at each training batch ins
 def log_target(x):
     record(x)
     return -0.5 * jnp.sum((x - 1.0) ** 2 / 0.25)
+
+
+def recording_identity():  # a teacher's first step in its density pass: it sees the student's draws
+    def identity(params, x, context=None):
+        record(x)
+        return x, jnp.zeros((), x.dtype)
+
+    return jf.Bijector(lambda key: (), identity, identity, "recording_identity")
+
+
+teacher = jf.Flow(jf.standard_normal(2), jf.chain(jf.bijectors.affine(2), recording_identity()))
+teacher_params = {"base": (), "bijector": ({"shift": jnp.array([1.0, -1.0]), "log_scale": jnp.full(2, -0.7)}, ())}
 
 
 def split_over_data(mesh):
@@ -70,11 +82,20 @@ for name, mesh_or_none in (("single", None), ("mesh", mesh)):
     results["reverse_" + name] = report(*reverse_kl.fit(
         jax.random.key(1), flow, flow.init(jax.random.key(0)), log_target, num_samples=64, num_steps=30,
         chunk_size=15, optimizer=optax.adam(1e-2), progress=False, mesh=mesh_or_none))
+    seen.clear()
+    results["distill_" + name] = report(*distill.fit(
+        jax.random.key(1), flow, flow.init(jax.random.key(0)), teacher, teacher_params, num_samples=64, num_steps=30,
+        chunk_size=15, optimizer=optax.adam(1e-2), progress=False, mesh=mesh_or_none))
 try:
     forward_kl.fit(jax.random.key(1), flow, flow.init(jax.random.key(0)), data, batch_size=60, mesh=mesh,
                    progress=False)
 except ValueError as error:
     results["indivisible"] = str(error)
+try:  # the default batch_size, 256, capped at 70 rows
+    forward_kl.fit(jax.random.key(1), flow, flow.init(jax.random.key(0)), data[:70], validation_fraction=0.0,
+                   mesh=mesh, progress=False)
+except ValueError as error:
+    results["capped"] = str(error)
 print(json.dumps(results))
 """
 
@@ -88,7 +109,7 @@ def eight_devices():
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-@pytest.mark.parametrize("fit", ["forward", "reverse"])
+@pytest.mark.parametrize("fit", ["forward", "reverse", "distill"])
 def test_the_mesh_fit_equals_the_single_device_fit(eight_devices, fit):
     single, mesh = eight_devices[f"{fit}_single"], eight_devices[f"{fit}_mesh"]
     assert eight_devices["devices"] == 8
@@ -99,7 +120,7 @@ def test_the_mesh_fit_equals_the_single_device_fit(eight_devices, fit):
     assert single["loss"][-1] < single["loss"][0] - 0.3  # the fits did fit
 
 
-@pytest.mark.parametrize("fit", ["forward", "reverse"])
+@pytest.mark.parametrize("fit", ["forward", "reverse", "distill"])
 def test_the_batch_is_split_over_the_devices_and_the_params_replicated(eight_devices, fit):
     mesh, single = eight_devices[f"{fit}_mesh"], eight_devices[f"{fit}_single"]
     assert mesh["batch_split"] and all(mesh["batch_split"])
@@ -109,6 +130,9 @@ def test_the_batch_is_split_over_the_devices_and_the_params_replicated(eight_dev
 
 def test_a_batch_that_does_not_divide_over_the_devices_is_refused(eight_devices):
     assert "batch_size (60) must be a multiple of the 8 devices" in eight_devices["indivisible"]
+    assert "batch_size, capped from 256 at the training rows (70) must be a multiple of the 8 devices" in (
+        eight_devices["capped"]
+    )
 
 
 def test_a_mesh_without_a_data_axis_is_refused():

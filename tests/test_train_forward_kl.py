@@ -10,6 +10,7 @@ import pytest
 from scipy import stats
 
 import jaxflow as jf
+from jaxflow.testing import with_noisy_log_det
 from jaxflow.train import forward_kl, init_state, make_step
 
 MEAN = np.array([1.0, -1.0])
@@ -144,6 +145,20 @@ def test_early_stopping_stops_after_patience_and_restores_the_best_params():
     np.testing.assert_allclose(-np.mean(flow.log_prob(params, valid)), losses[best], rtol=1e-5)
 
 
+def test_stochastic_log_dets_are_validated_with_the_same_keys_after_every_chunk():
+    def fit(flow):
+        return forward_kl.fit(
+            jax.random.key(1), flow, flow.init(jax.random.key(0)), gaussian_data(500), num_steps=30, chunk_size=10,
+            optimizer=optax.sgd(0.0), progress=False,  # the params never move
+        )[1]["validation_loss"]
+
+    noisy, exact = fit(affine_flow(with_noisy_log_det)), fit(affine_flow())
+    assert noisy.shape == (3,) and np.all(np.isfinite(noisy))
+    np.testing.assert_array_equal(noisy, noisy[0])  # the same params and the same keys: the same loss
+    assert noisy[0] != exact[0]  # the noise is there
+    np.testing.assert_allclose(noisy[0], exact[0], atol=5 * 0.1 / np.sqrt(50))  # and unbiased
+
+
 def test_batches_are_epoch_permutations_whatever_the_chunking():
     num_rows, batch_size = 50, 8
     steps_per_epoch = num_rows // batch_size
@@ -196,6 +211,9 @@ def test_conditional_fit_uses_the_context():
         (dict(patience=3, validation_fraction=0.0), ValueError, "patience needs a validation set"),
         (dict(validation_fraction=1.0), ValueError, "validation_fraction"),
         (dict(on_nonfinite="ignore"), ValueError, "on_nonfinite"),
+        (dict(patience=0), ValueError, "patience must be a positive number of chunks"),
+        (dict(batch_size=0), ValueError, "batch_size must be a positive integer, got 0"),
+        (dict(batch_size=-4), ValueError, "batch_size must be a positive integer, got -4"),
     ],
 )
 def test_bad_input_is_refused_with_a_clear_error(change, error, message):

@@ -7,6 +7,7 @@ import optax
 import pytest
 
 import jaxflow as jf
+from jaxflow.testing import with_noisy_log_det
 from jaxflow.train import reverse_kl
 
 MEAN = np.array([1.0, -1.0])
@@ -70,6 +71,23 @@ def test_sticking_the_landing_gradient_vanishes_when_q_is_the_target():
         return float(optax.global_norm(grads))
 
     assert gradient_norm(True) < 1e-5 < 1e-2 < gradient_norm(False)  # the score term alone is noise
+
+
+def test_sticking_the_landing_hands_stochastic_log_dets_a_key_of_their_own():
+    target, num_samples = shifted_normal(jnp.array([0.6, -0.3])), 256
+    noisy_flow = jf.Flow(jf.standard_normal(2), with_noisy_log_det(jf.bijectors.affine(2)))
+    flows = {"exact": affine_flow(), "noisy": noisy_flow}
+    params = affine_flow().init(jax.random.key(0))
+
+    def loss_and_gradient(name):
+        return jax.value_and_grad(reverse_kl.elbo_loss)(
+            params, flows[name], jax.random.key(1), target, num_samples, stick_the_landing=True
+        )
+
+    (exact, exact_grads), (noisy, noisy_grads) = loss_and_gradient("exact"), loss_and_gradient("noisy")
+    assert noisy != exact  # the noise is there, and averages out over the draws
+    np.testing.assert_allclose(noisy, exact, atol=5 * 0.1 / np.sqrt(num_samples))
+    jax.tree.map(np.testing.assert_allclose, noisy_grads, exact_grads)  # the noise does not depend on the params
 
 
 def test_annealing_schedule_rises_geometrically_to_one():

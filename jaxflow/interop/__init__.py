@@ -1,4 +1,5 @@
-"""Adapters to and from other JAX libraries: `distrax` bijectors and distributions."""
+"""Adapters to and from other JAX libraries: `distrax` bijectors and distributions here, NumPyro in
+`jaxflow.interop.numpyro` (imported on its own, as it needs numpyro installed)."""
 
 from jaxflow.interop.distrax import (
     from_distrax_bijector,

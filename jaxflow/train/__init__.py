@@ -3,10 +3,11 @@
     from jaxflow.train import forward_kl, reverse_kl, diagnostics
     params, history = forward_kl.fit(key, flow, params, data)              # maximum likelihood
     params, history = reverse_kl.fit(key, flow, params, log_target)        # variational inference
+    params, history = distill.fit(key, student, params, teacher, teacher_params)  # a fast sampler
     diagnostics.importance_diagnostics(key, flow, params, log_target)      # k_hat, ESS, log Z
 
-Both fits resume from checkpoints (`checkpoint_dir=...`, see `jaxflow.checkpoint`)
-and split each batch over the devices of a mesh (`mesh=sharding.data_mesh()`,
+Every fit resumes from checkpoints (`checkpoint_dir=...`, see `jaxflow.checkpoint`)
+and splits each batch over the devices of a mesh (`mesh=sharding.data_mesh()`,
 see `sharding`).
 
 For a loop of your own: `state = init_state(params, optimizer)` and

@@ -15,8 +15,10 @@ per step). Every callback is called after every chunk; if any returns True,
 training stops after that chunk.
 
 Checkpoints (`jaxflow.checkpoint`) are written after the callbacks: every
-`save_every` steps (rounded up to whole chunks), when a callback stops
-training, and after the last chunk. A fit resumes from the newest one by
+`checkpoint_every` steps (rounded up to whole chunks), when a callback stops
+training, and after the last chunk. Chunks end on multiples of `chunk_size`
+(a run resumed from another step first takes the steps up to the next one), so
+validation and checkpoints keep their cadence across resumptions. A fit resumes from the newest one by
 passing its state and history back to `run`, which then carries on from there:
 as every key and batch is a function of the step number alone, the resumed run
 takes exactly the steps the uninterrupted one would have taken.
@@ -24,6 +26,7 @@ takes exactly the steps the uninterrupted one would have taken.
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable, Sequence
 
@@ -46,6 +49,11 @@ def scan_steps(step: Callable, state: TrainState, inputs) -> tuple[TrainState, S
     return jax.lax.scan(lambda state, x: step(state, *x), state, inputs)
 
 
+def step_keys(key, steps) -> jax.Array:
+    """`fold_in(key, t)` for each step number t in `steps`: a step's draws depend on its number alone."""
+    return jax.vmap(functools.partial(jax.random.fold_in, key))(steps)
+
+
 def check_options(num_steps: int, chunk_size: int, on_nonfinite: str) -> None:
     """Raises ValueError for options no fit accepts."""
     if on_nonfinite not in ON_NONFINITE:
@@ -66,7 +74,7 @@ def run(
     description: str = "fit",
     history: dict | None = None,
     save: Save | None = None,
-    save_every: int = 1000,
+    checkpoint_every: int = 1000,
 ) -> tuple[TrainState, dict]:
     """Runs steps in chunks of `chunk_size` until `num_steps` steps are done.
 
@@ -86,7 +94,7 @@ def run(
       history: the per-step history of the steps `state` has already taken
         (when resuming from a checkpoint); None for a fresh start.
       save: `(state, history) -> None`, writes a checkpoint (see the module docstring).
-      save_every: steps between checkpoints, rounded up to a multiple of `chunk_size`.
+      checkpoint_every: steps between checkpoints, rounded up to a multiple of `chunk_size`.
 
     Returns:
       `(state, history)`: the final state, and numpy arrays "loss", "grad_norm",
@@ -94,15 +102,15 @@ def run(
     """
     check_options(num_steps, chunk_size, on_nonfinite)
     callbacks = [c for c in callbacks if c is not None]
-    if int(save_every) < 1:
-        raise ValueError(f"checkpoint_every must be a positive number of steps, got {save_every}.")
-    save_every = -(-int(save_every) // chunk_size) * chunk_size
+    if int(checkpoint_every) < 1:
+        raise ValueError(f"checkpoint_every must be a positive number of steps, got {checkpoint_every}.")
+    checkpoint_every = -(-int(checkpoint_every) // chunk_size) * chunk_size
     done, history = _history_from(history, num_steps)
     first_step = int(state.step) - done
     stop = False
     with tqdm(total=num_steps, initial=done, desc=description, unit="step", disable=not progress) as bar:
         while done < num_steps and not stop:
-            length = min(chunk_size, num_steps - done)
+            length = min(chunk_size - done % chunk_size, num_steps - done)
             start = time.perf_counter()
             state, infos = run_chunk(state, length)
             infos = jax.device_get(infos)
@@ -117,7 +125,7 @@ def run(
             so_far = {name: values[:done] for name, values in history.items()}
             stops = [callback(state, so_far) for callback in callbacks]  # every callback runs, even after a stop
             stop = any(stops)
-            if save is not None and (stop or done == num_steps or done % save_every == 0):
+            if save is not None and (stop or done == num_steps or done % checkpoint_every == 0):
                 save(state, so_far)
     history = {name: values[:done] for name, values in history.items()}
     history["num_skipped"] = np.asarray(history["skipped"].sum())

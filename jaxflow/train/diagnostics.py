@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 
 MIN_TAIL = 5
+MIN_WEIGHTS = 5 * (MIN_TAIL - 1) + 1  # the fewest weights whose `tail_size` is MIN_TAIL
 _PRIOR_STRENGTH = 10.0  # pseudo-observations of the weak prior on k_hat ...
 _PRIOR_SHAPE = 0.5  # ... centred here (Vehtari et al., appendix C)
 
@@ -53,7 +54,7 @@ def importance_diagnostics(key, flow, params, log_target, num_samples: int = 409
       flow: a `jaxflow.Flow`.
       params: its params.
       log_target: one event -> scalar unnormalised log-density.
-      num_samples: draws (at least 25, so that the Pareto tail has 5 points).
+      num_samples: draws (at least `MIN_WEIGHTS`, 21, so that the Pareto tail has `MIN_TAIL` points).
     """
     x, log_q = flow.sample_and_log_prob(params, key, (num_samples,))
     return summarize(jax.vmap(log_target)(x) - log_q)
@@ -99,7 +100,9 @@ def pareto_k(log_weights) -> jax.Array:
     log_weights = jnp.ravel(jnp.asarray(log_weights))
     num_tail = tail_size(log_weights.shape[0])
     if num_tail < MIN_TAIL:
-        raise ValueError(f"pareto_k needs at least 25 weights (a tail of {MIN_TAIL}), got {log_weights.shape[0]}.")
+        raise ValueError(
+            f"pareto_k needs at least {MIN_WEIGHTS} weights (a tail of {MIN_TAIL}), got {log_weights.shape[0]}."
+        )
     largest = jnp.sort(log_weights)[-(num_tail + 1) :]
     peak = largest[-1]
     exceedances = jnp.exp(largest[1:] - peak) - jnp.exp(largest[0] - peak)

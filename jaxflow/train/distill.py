@@ -6,8 +6,9 @@ IAF: one pass to sample). The loss needs only what each does cheaply: samples of
 the student with their log-density (its forward pass) and the teacher's density
 at them (its inverse pass); the teacher is never sampled.
 
-    teacher_params, _ = forward_kl.fit(key, teacher, teacher.init(key), data)
-    params, history = distill.fit(key, student, student.init(key), teacher, teacher_params)
+    teacher_key, student_key, fit_key, distill_key = jax.random.split(key, 4)
+    teacher_params, _ = forward_kl.fit(fit_key, teacher, teacher.init(teacher_key), data)
+    params, history = distill.fit(distill_key, student, student.init(student_key), teacher, teacher_params)
 
 Both flows are normalised, so the loss is an unbiased estimate of the KL itself
 (>= 0, 0 when the student equals the teacher). Conditional flows are distilled
@@ -26,13 +27,13 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from jaxflow.train import _loop
+from jaxflow.train import _loop, sharding
 from jaxflow.train._step import init_state, make_step, with_clipping
 
 
 def loss(
     student_params, student, teacher, teacher_params, key, num_samples: int, context=None, *,
-    stick_the_landing: bool = False,
+    stick_the_landing: bool = False, mesh=None,
 ) -> jax.Array:
     """KL(student || teacher) estimated on `num_samples` student draws: mean(log q_s(x) - log q_t(x)).
 
@@ -41,24 +42,28 @@ def loss(
       student: a `jaxflow.Flow`, sampled with its forward pass.
       teacher: a `jaxflow.Flow` over the same events, evaluated with its inverse pass.
       teacher_params: the teacher's params (held fixed: no gradient flows into them).
-      key: PRNG key for the draws (and for teachers with stochastic log-dets).
+      key: PRNG key for the draws (and for flows with stochastic log-dets).
       num_samples: Monte Carlo draws.
       context: for conditional flows, (num_samples, *context_shape), one context per draw.
       stick_the_landing: evaluate log q_s with gradient-stopped params (one more
         inverse pass of the student: cheap for couplings, `dim` passes for an IAF),
         which removes the score term: the gradient has zero variance once the
         student equals the teacher.
+      mesh: split the draws over the "data" axis of this mesh (`jaxflow.train.sharding`).
 
     Returns:
       A scalar, the estimate of KL(student || teacher) in nats.
     """
     if num_samples < 1:
         raise ValueError(f"num_samples must be a positive integer, got {num_samples}.")
-    sample_key, teacher_key = jax.random.split(key)
-    x, log_q = student.sample_and_log_prob(student_params, sample_key, (num_samples,), context)
+    sharding.check_batch(mesh, num_samples, "num_samples")
+    sample_key, teacher_key, student_key = jax.random.split(key, 3)
+    context = sharding.constrain_batch(context, mesh)
+    x, log_q = sharding.constrain_batch(
+        student.sample_and_log_prob(student_params, sample_key, (num_samples,), context), mesh
+    )
     if stick_the_landing:
-        log_q = student.log_prob(jax.lax.stop_gradient(student_params), x, context)
-    teacher_key = teacher_key if teacher.bijector.stochastic else None
+        log_q = student.log_prob(jax.lax.stop_gradient(student_params), x, context, key=student_key)
     log_p = teacher.log_prob(jax.lax.stop_gradient(teacher_params), x, context, key=teacher_key)
     return jnp.mean(log_q - log_p)
 
@@ -80,6 +85,9 @@ def fit(
     progress: bool = True,
     on_nonfinite: str = "skip",
     callback=None,
+    checkpoint_dir=None,
+    checkpoint_every: int = 1000,
+    mesh=None,
 ):
     """Fits `student` to `teacher` by minimising KL(student || teacher).
 
@@ -101,6 +109,13 @@ def fit(
       progress: show a progress bar.
       on_nonfinite: "skip" steps whose loss or gradient is not finite, or "raise".
       callback: `(state, history) -> bool | None` called after every chunk; True stops.
+      checkpoint_dir: a directory for checkpoints (`jaxflow.checkpoint`). If it
+        holds one of a run of this student started with this key, training
+        resumes from the newest.
+      checkpoint_every: steps between checkpoints, rounded up to whole chunks;
+        one is also written when training stops.
+      mesh: a `jax.sharding.Mesh` with a "data" axis: each step's draws are split
+        over its devices (`num_samples` must be a multiple of their number).
 
     Returns:
       `(params, history)`: the student's params, and numpy arrays "loss" (the
@@ -112,6 +127,7 @@ def fit(
     """
     contexts = _checked_contexts(student, teacher, contexts)
     optimizer = with_clipping(optimizer, clip_norm)
+    teacher_params, contexts = sharding.replicate((teacher_params, contexts), mesh)
 
     @functools.partial(jax.jit, static_argnums=4)
     def run_chunk(state, key, teacher_params, contexts, length):
@@ -119,21 +135,25 @@ def fit(
             context_key, sample_key = jax.random.split(key)
             context = _draw_rows(context_key, contexts, num_samples)
             return loss(params, student, teacher, teacher_params, sample_key, num_samples, context,
-                        stick_the_landing=stick_the_landing)
+                        stick_the_landing=stick_the_landing, mesh=mesh)
 
-        steps = state.step + jnp.arange(length)
-        keys = jax.vmap(functools.partial(jax.random.fold_in, key))(steps)
-        return _loop.scan_steps(make_step(loss_fn, optimizer), state, (keys,))
+        keys = _loop.step_keys(key, state.step + jnp.arange(length))
+        return sharding.constrain_replicated(_loop.scan_steps(make_step(loss_fn, optimizer), state, (keys,)), mesh)
 
+    state = init_state(student_params, optimizer)
+    snapshot = _loop.resume(checkpoint_dir, key, state)
     state, history = _loop.run(
         lambda state, length: run_chunk(state, key, teacher_params, contexts, length),
-        init_state(student_params, optimizer),
+        sharding.replicate(state if snapshot is None else snapshot.state, mesh),
         num_steps,
         chunk_size=chunk_size,
         progress=progress,
         on_nonfinite=on_nonfinite,
         callbacks=(callback,),
         description="distill",
+        history=None if snapshot is None else snapshot.history,
+        save=_loop.saver(checkpoint_dir, key),
+        checkpoint_every=checkpoint_every,
     )
     return state.params, history
 

@@ -114,18 +114,24 @@ def fit(
         matching the data, or a checkpoint of another model or key; TypeError
         for non-float data without `dequantize`.
     """
-    split_key, batch_key, noise_key, log_det_key = jax.random.split(key, 4)
+    # The first four equal split(key, 4)'s: checkpoints of runs made before the fifth key resume unchanged.
+    split_key, batch_key, noise_key, log_det_key, validation_key = jax.random.split(key, 5)
     train, valid = _train_and_validation_sets(
         split_key, flow, (data, context), (validation_data, validation_context), validation_fraction, dequantize
     )
     if valid is None and patience is not None:
         raise ValueError("patience needs a validation set: pass validation_data=... or validation_fraction > 0.")
+    if patience is not None and int(patience) < 1:
+        raise ValueError(f"patience must be a positive number of chunks (or None: never stop early), got {patience}.")
+    if int(batch_size) < 1:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size}.")
 
     num_rows = train[0].shape[0]
-    batch_size = min(int(batch_size), num_rows)
+    requested_batch_size, batch_size = batch_size, min(int(batch_size), num_rows)
     num_steps = _num_steps(num_steps, epochs, num_rows // batch_size)
     optimizer = with_clipping(optimizer, clip_norm)
-    sharding.check_batch(mesh, batch_size, "batch_size")
+    capped = "" if batch_size == requested_batch_size else f", capped from {requested_batch_size} at the training rows"
+    sharding.check_batch(mesh, batch_size, f"batch_size{capped}")
     train, valid = sharding.replicate((train, valid), mesh)
 
     def batch_loss(params, x, context, step):
@@ -147,7 +153,7 @@ def fit(
         rows = _batch_indices(batch_key, state.step, length, num_rows, batch_size)
         return sharding.constrain_replicated(_loop.scan_steps(train_step, state, (rows,)), mesh)
 
-    tracker = None if valid is None else _BestOnValidation(flow, valid, patience, batch_size)
+    tracker = None if valid is None else _BestOnValidation(flow, valid, patience, batch_size, validation_key)
     state, history = init_state(params, optimizer), None
     snapshot = _loop.resume(checkpoint_dir, key, state, extra=None if tracker is None else params)
     if snapshot is not None:
@@ -166,7 +172,7 @@ def fit(
         description="forward KL",
         history=history,
         save=_loop.saver(checkpoint_dir, key, None if tracker is None else tracker.checkpoint),
-        save_every=checkpoint_every,
+        checkpoint_every=checkpoint_every,
     )
     if tracker is None or tracker.best_params is None or not restore_best:
         best_params, best_step = state.params, int(state.step)
@@ -181,10 +187,15 @@ def fit(
 
 
 class _BestOnValidation:
-    """A callback: evaluates the validation loss after each chunk, keeps the best params, stops on patience."""
+    """A callback: evaluates the validation loss after each chunk, keeps the best params, stops on patience.
 
-    def __init__(self, flow, valid, patience, batch_size):
-        self.valid, self.patience = valid, patience
+    A flow with stochastic log-dets is scored with the same keys after every chunk, one per row,
+    so that its validation losses differ by the params alone.
+    """
+
+    def __init__(self, flow, valid, patience, batch_size, key):
+        log_det_keys = jax.random.split(key, valid[0].shape[0]) if flow.bijector.stochastic else None
+        self.valid, self.patience = (*valid, log_det_keys), patience
         self.evaluate = jax.jit(functools.partial(_mean_negative_log_prob, flow, batch_size=batch_size))
         self.losses, self.steps = [], []
         self.best_loss, self.best_params, self.best_step, self.chunks_since_best = np.inf, None, -1, 0
@@ -223,9 +234,11 @@ class _BestOnValidation:
         self.chunks_since_best = len(self.losses) - 1 - best
 
 
-def _mean_negative_log_prob(flow, params, x, context, *, batch_size):
-    """-mean log q over a whole set, evaluated `batch_size` rows at a time."""
-    log_q = jax.lax.map(lambda row: flow.log_prob(params, *row), (x, context), batch_size=batch_size)
+def _mean_negative_log_prob(flow, params, x, context, log_det_keys, *, batch_size):
+    """-mean log q over a whole set, evaluated `batch_size` rows at a time (`log_det_keys`: one per row, or None)."""
+    log_q = jax.lax.map(
+        lambda row: flow.log_prob(params, *row[:2], key=row[2]), (x, context, log_det_keys), batch_size=batch_size
+    )
     return -jnp.mean(log_q)
 
 

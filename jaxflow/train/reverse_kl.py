@@ -64,9 +64,11 @@ def elbo_loss(
     if num_samples < 1:
         raise ValueError(f"num_samples must be a positive integer, got {num_samples}.")
     sharding.check_batch(mesh, num_samples, "num_samples")
+    if stick_the_landing:
+        key, log_det_key = jax.random.split(key)  # a stochastic log-det's estimate must not reuse the draws' noise
     x, log_q = sharding.constrain_batch(flow.sample_and_log_prob(params, key, (num_samples,)), mesh)
     if stick_the_landing:
-        log_q = flow.log_prob(jax.lax.stop_gradient(params), x)
+        log_q = flow.log_prob(jax.lax.stop_gradient(params), x, key=log_det_key)
     return jnp.mean(log_q - _log_density(log_target, x, flow.event_shape) / temperature)
 
 
@@ -180,8 +182,7 @@ def fit(
     @functools.partial(jax.jit, static_argnums=2)
     def run_chunk(state, key, length):
         steps = state.step + jnp.arange(length)
-        keys = jax.vmap(functools.partial(jax.random.fold_in, key))(steps)
-        state_and_infos = _loop.scan_steps(step, state, (keys, 1.0 / jax.vmap(schedule)(steps)))
+        state_and_infos = _loop.scan_steps(step, state, (_loop.step_keys(key, steps), 1.0 / jax.vmap(schedule)(steps)))
         return sharding.constrain_replicated(state_and_infos, mesh)
 
     state = init_state(params, optimizer)
@@ -197,7 +198,7 @@ def fit(
         description=f"reverse KL ({objective})",
         history=None if snapshot is None else snapshot.history,
         save=_loop.saver(checkpoint_dir, key),
-        save_every=checkpoint_every,
+        checkpoint_every=checkpoint_every,
     )
     history["beta"] = np.asarray(jax.vmap(schedule)(jnp.arange(history["loss"].size)))
     return state.params, history

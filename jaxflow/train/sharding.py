@@ -3,17 +3,18 @@
     mesh = sharding.data_mesh()                                     # every device on one "data" axis
     params, history = forward_kl.fit(key, flow, params, data, mesh=mesh)
     params, history = reverse_kl.fit(key, flow, params, log_target, mesh=mesh)
+    params, history = distill.fit(key, student, params, teacher, teacher_params, mesh=mesh)
 
 With a mesh, a fit places the params, the optimizer state and the data set on
 every device (replicated) and constrains each step's batch to be split along
 its leading axis over the mesh's "data" axis: the rows gathered for a
-forward-KL step, the draws from the flow for a reverse-KL step. XLA then runs
-each device on its slice of the batch and all-reduces the gradients. Batch
-order and keys are those of the single-device run, so the result is the same
-up to the order of floating-point sums. `batch_size` (forward KL) and the
-number of draws per step (reverse KL; groups of draws for IWAE) must be
-multiples of the number of devices on "data". Everything is replicated over
-any other mesh axis.
+forward-KL step, the draws from the flow for a reverse-KL step, the student's
+draws for a distillation step. XLA then runs each device on its slice of the
+batch and all-reduces the gradients. Batch order and keys are those of the
+single-device run, so the result is the same up to the order of floating-point
+sums. `batch_size` (forward KL) and the number of draws per step (reverse KL
+and distillation; groups of draws for IWAE) must be multiples of the number of
+devices on "data". Everything is replicated over any other mesh axis.
 
 The data set itself is replicated: every device holds all of it. For data that
 does not fit on one device, or for several hosts feeding their own data, write
