@@ -169,7 +169,7 @@ class Flow(NamedTuple):
                 f"Flow: context batch shape {context_batch} does not match the data batch shape {batch_shape}."
             )
         if self.bijector.stochastic and key is None:
-            raise ValueError(f"{self.bijector.name} estimates log-dets stochastically: pass key=... to Flow.log_prob.")
+            raise ValueError(f"{self.bijector.name} estimates log-dets stochastically: pass key=... to this call.")
         count = int(np.prod(batch_shape))
         flat_x = x.reshape(count, *self.event_shape)
         keys = None if key is None else jax.random.split(key, count)

@@ -16,10 +16,10 @@ from jaxflow.distributions import Flow
 
 
 def _map(flow: Flow, direction: str, params, batch, context, key):
-    context_axis = None if context is None or jnp.ndim(context) == len(flow.context_shape or ()) else 0
-    keys = None if key is None else jax.random.split(key, batch.shape[0])
-    fn = lambda v, c, k: transform(flow.bijector, direction, params["bijector"], v, c, k)[0]  # noqa: E731
-    return jax.vmap(fn, in_axes=(0, context_axis, None if keys is None else 0))(batch, context, keys)
+    """The bijector's `direction` over a batch, with `Flow`'s rules for contexts (shared or one per row) and keys."""
+    batch_shape = flow._batch_shape(jnp.shape(batch), "a batch")
+    one = lambda v, c, k: transform(flow.bijector, direction, params["bijector"], v, c, k)[0]  # noqa: E731
+    return flow._map(one, batch_shape, jnp.asarray(batch), context, key)
 
 
 def encode(flow: Flow, params, x, context=None, *, key=None):

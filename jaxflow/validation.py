@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import re
 import threading
 
 import jax.numpy as jnp
 from jax.experimental import checkify
 
 _state = threading.local()
+_CHECKIFY_SUFFIX = re.compile(r" \(`?check`? failed.*", re.DOTALL)  # where checkify's own text starts
 
 
 def is_enabled() -> bool:
@@ -49,7 +51,7 @@ def checked(fn):
             error, out = checkify.checkify(fn)(*args, **kwargs)
         message = error.get()
         if message is not None:
-            raise FloatingPointError(message.split(" (check failed at")[0])
+            raise FloatingPointError(_CHECKIFY_SUFFIX.sub("", message))
         return out
 
     return wrapper

@@ -1,5 +1,6 @@
 """The generic contract, run by the public kit on every registered bijector, in float32 and float64."""
 
+import functools
 import sys
 from pathlib import Path
 
@@ -50,6 +51,22 @@ def test_init_gives_float_leaves_and_is_deterministic(name):
     for leaf in jax.tree.leaves(first):
         assert jnp.issubdtype(jnp.result_type(leaf), jnp.floating), f"{name}: non-float params leaf {leaf.dtype}"
     jax.tree.map(np.testing.assert_array_equal, first, second)
+
+
+@pytest.mark.float64
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("event_dtype, params_dtype", [(jnp.float32, jnp.float64), (jnp.float64, jnp.float32)])
+def test_outputs_keep_the_event_dtype_whatever_the_params_dtype(name, event_dtype, params_dtype):
+    """Float32 data under jax_enable_x64 (float64 params) stays float32, as a scan over layers needs."""
+    bijector, params, x, context = CASES[name](jax.random.key(0))
+    params = jax.tree.map(lambda leaf: leaf.astype(params_dtype), params)
+    x, context = jax.tree.map(lambda a: a.astype(event_dtype), (x, context))
+    key = jax.random.key(1) if bijector.stochastic else None
+    y = x
+    for direction in ("forward", "inverse"):  # shapes and dtypes only: traced, not compiled
+        out = jax.eval_shape(functools.partial(jb.transform, bijector, direction, key=key), params, y, context)
+        assert (out[0].dtype, out[1].dtype) == (event_dtype, event_dtype), f"{name}.{direction}: {out}"
+        y = jax.ShapeDtypeStruct(out[0].shape, event_dtype)
 
 
 # Cases built from layers whose fresh params are the identity (zero-initialised conditioners).

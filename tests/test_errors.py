@@ -29,6 +29,38 @@ def test_params_of_the_wrong_shape_are_named():
         bijector.forward({"shift": jnp.zeros(DIM), "log_scale": jnp.zeros(DIM + 1)}, jnp.zeros(DIM))
 
 
+@pytest.mark.parametrize("bijector", [jb.lu_linear(DIM), jb.linear(DIM), jb.shift(DIM)], ids=lambda b: b.name)
+def test_params_of_another_size_or_with_missing_entries_are_named(bijector):
+    other = bijector.init(jax.random.key(0))
+    wrong_size = jax.tree.map(lambda leaf: jnp.zeros(tuple(n + 1 for n in leaf.shape)), other)
+    with pytest.raises(ValueError, match=rf"{bijector.name}: params\[.*\] should have shape \({DIM},"):
+        bijector.forward(wrong_size, jnp.zeros(DIM))
+    with pytest.raises(ValueError, match=rf"{bijector.name}: expected params with keys .* got \[\]"):
+        bijector.inverse({}, jnp.zeros(DIM))
+
+
+@pytest.mark.parametrize("min_scale", [0.0, 1.0, 1.5, -0.5])
+def test_an_affine_transformer_scale_floor_outside_zero_one_is_refused(min_scale):
+    with pytest.raises(ValueError, match=r"min_scale must lie in \(0, 1\)"):
+        jb.transformers.affine(min_scale)
+
+
+def test_stack_layer_and_constants_must_agree():
+    with pytest.raises(TypeError, match="with constants=, layer must be a function"):
+        jf.stack(jb.shift(DIM), 2, constants=np.zeros((2, DIM), np.int32))
+    with pytest.raises(TypeError, match="without constants=, layer must be a Bijector, got function"):
+        jf.stack(lambda perm: jb.permutation(perm), 2)
+
+
+def test_data_init_needs_one_context_per_row():
+    coupling = jb.affine_coupling(DIM, hidden=(4,), context_dim=2)
+    params, y = coupling.init(jax.random.key(0)), jnp.zeros((5, DIM))
+    with pytest.raises(ValueError, match=r"one context per row of y, shape \(5, \*context_shape\), got shape \(2,\)"):
+        jf.initialize_from_data(coupling, params, y, jnp.zeros(2))
+    _, x = jf.initialize_from_data(coupling, params, y, jnp.zeros((5, 2)))
+    assert x.shape == (5, DIM)
+
+
 def test_integer_input_is_refused():
     bijector = jb.affine(DIM)
     with pytest.raises(TypeError, match="floating-point"):
@@ -108,7 +140,8 @@ def test_validation_mode_names_the_layer_that_produced_nan():
     params = bijector.init(jax.random.key(0))
     y = jnp.array([2.0, 0.5, 1.5])  # exp's inverse gives log(0.5) < 0, outside softplus's range
     assert not jnp.all(jnp.isfinite(bijector.inverse(params, y)[0])), "precondition: NaN without validation"
-    with pytest.raises(FloatingPointError, match=r"inverse output of chain\[1\] softplus contains NaN"):
+    expected = r"^jaxflow validation: inverse output of chain\[1\] softplus contains NaN or inf\.$"  # no more
+    with pytest.raises(FloatingPointError, match=expected):
         jf.validation.checked(jax.jit(bijector.inverse))(params, y)
 
 
@@ -118,7 +151,7 @@ def test_validation_mode_names_the_stack_layer_index():
     params = {"shift": params["shift"], "log_scale": params["log_scale"].at[3].set(jnp.inf)}
     assert not jnp.all(jnp.isfinite(stacked.forward(params, jnp.ones(DIM))[0])), "unchecked first: no report"
     # The stack reuses its traced body between calls; the checked call must not reuse an unchecked one.
-    with pytest.raises(FloatingPointError, match=r"forward output of stack\(affine\) layer 3 contains NaN"):
+    with pytest.raises(FloatingPointError, match=r"forward output of stack\(affine\) layer 3 contains NaN or inf\.$"):
         jf.validation.checked(stacked.forward)(params, jnp.ones(DIM))
 
 

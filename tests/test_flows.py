@@ -9,7 +9,7 @@ from jaxflow import flows
 
 BUILDERS = {
     "nice": flows.nice, "realnvp": flows.realnvp, "nsf_coupling": flows.nsf_coupling,
-    "maf": flows.maf, "iaf": flows.iaf, "nsf_autoregressive": flows.nsf_autoregressive,
+    "maf": flows.maf, "iaf": flows.iaf, "nsf_autoregressive": flows.nsf_autoregressive, "flowpp": flows.flowpp,
 }
 
 

@@ -8,7 +8,7 @@ import pytest
 import jaxflow as jf
 from jaxflow import bijectors as jb
 from jaxflow import latent
-from jaxflow.testing import perturbed_params
+from jaxflow.testing import perturbed_params, with_noisy_log_det
 
 
 @pytest.fixture(scope="module")
@@ -21,6 +21,21 @@ def test_decode_inverts_encode(model):
     flow, params = model
     x = jax.random.normal(jax.random.key(1), (5, 3))
     np.testing.assert_allclose(latent.decode(flow, params, latent.encode(flow, params, x)), x, atol=1e-5)
+
+
+def test_contexts_and_keys_follow_the_rules_of_flow_methods():
+    conditional = jf.Flow(jf.standard_normal(3), jb.affine_coupling(3, hidden=(8,), context_dim=3), (3,))
+    params = perturbed_params(conditional, jax.random.key(0), 0.3)
+    x, context = jax.random.normal(jax.random.key(1), (2, 3, 3)), jnp.array([0.5, -1.0, 2.0])
+    shared = latent.encode(conditional, params, x, context)  # a context as long as the batch: still shared
+    per_row = latent.encode(conditional, params, x, jnp.broadcast_to(context, (2, 3, 3)))
+    assert shared.shape == (2, 3, 3)  # any batch shape, as for Flow.log_prob
+    np.testing.assert_allclose(shared, per_row, rtol=1e-6)
+    with pytest.raises(ValueError, match="context batch shape"):
+        latent.encode(conditional, params, x, jnp.zeros((4, 3)))
+    noisy = jf.Flow(jf.standard_normal(3), with_noisy_log_det(jb.affine(3)))
+    with pytest.raises(ValueError, match=r"stochastically: pass key=\.\.\. to this call"):
+        latent.encode(noisy, noisy.init(jax.random.key(0)), x)
 
 
 @pytest.mark.parametrize("spherical", [False, True])

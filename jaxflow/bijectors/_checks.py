@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
+import numpy as np
 
 
 def check_event(name: str, x, shape: tuple[int, ...] | None, what: str = "input"):
@@ -50,3 +52,37 @@ def batch_shape_of(name: str, shape, event_shape) -> tuple[int, ...]:
             f"(any leading batch shape), got shape {shape}."
         )
     return shape[: len(shape) - event_ndim]
+
+
+def check_dim(name: str, dim) -> int:
+    """Returns `dim` as an int after checking that it is a positive int."""
+    if not isinstance(dim, (int, np.integer)) or dim < 1:
+        raise ValueError(f"{name}: dim must be a positive int, got {dim!r}.")
+    return int(dim)
+
+
+def check_params(name: str, params, shapes: dict[str, tuple[int, ...]]) -> None:
+    """Raises a clear error unless `params` is a dict with exactly `shapes`' keys and shapes."""
+    if not isinstance(params, dict) or set(params) != set(shapes):
+        got = sorted(params) if isinstance(params, dict) else type(params).__name__
+        raise ValueError(
+            f"{name}: expected params with keys {sorted(shapes)}, got {got}; were they made by this bijector's init?"
+        )
+    for key, shape in shapes.items():
+        if tuple(jnp.shape(params[key])) != shape:
+            raise ValueError(f"{name}: params[{key!r}] should have shape {shape}, got {tuple(jnp.shape(params[key]))}.")
+
+
+def cast_params(params, dtype):
+    """Every leaf of `params` in `dtype`.
+
+    A bijector computes in its event's dtype, whatever its params': float32 data under
+    `jax_enable_x64` (float64 params) stays float32, as a `lax.scan` over layers needs.
+    """
+    return jax.tree.map(lambda leaf: jnp.asarray(leaf, dtype), params)
+
+
+def checked_params(name: str, params, shapes: dict[str, tuple[int, ...]], dtype) -> dict:
+    """`params` after `check_params`, cast to the event's `dtype` (see `cast_params`)."""
+    check_params(name, params, shapes)
+    return cast_params(params, dtype)

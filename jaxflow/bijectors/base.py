@@ -73,7 +73,7 @@ def transform(bijector: Bijector, direction: str, params, x, context=None, key=N
     if key is None:
         raise ValueError(
             f"{bijector.name} estimates its log-det stochastically and needs a PRNG key: "
-            f"pass key=... to {direction} (or to Flow.log_prob / sample)."
+            f"pass key=... to {direction} (or to the Flow method or latent function calling it)."
         )
     return fn(params, x, context, key=key)
 
@@ -81,17 +81,22 @@ def transform(bijector: Bijector, direction: str, params, x, context=None, key=N
 def initialize_from_data(bijector: Bijector, params, y, context=None):
     """Runs data-dependent initialisation over a batch `y` of shape (batch, *event).
 
-    Returns `(params, x)`, where `x` is the batch mapped to the base side. Layers
-    without `data_init` keep their params.
+    `context`, for a conditional bijector, holds one context per row: (batch, *context_shape)
+    (broadcast a shared one with `jnp.broadcast_to`). Returns `(params, x)`, where `x` is
+    the batch mapped to the base side. Layers without `data_init` keep their params.
     """
+    if context is not None and (jnp.ndim(context) == 0 or jnp.shape(context)[0] != jnp.shape(y)[0]):
+        raise ValueError(
+            f"initialize_from_data: expected one context per row of y, shape ({jnp.shape(y)[0]}, *context_shape), "
+            f"got shape {jnp.shape(context)}; broadcast a shared context with jnp.broadcast_to."
+        )
     if bijector.data_init is not None:
         return bijector.data_init(params, y, context)
     if bijector.stochastic:
         raise ValueError(
             f"{bijector.name}: data-dependent initialisation through a stochastic bijector is not supported."
         )
-    context_axis = None if context is None or jnp.ndim(context) == 0 else 0
-    inverse = jax.vmap(bijector.inverse, in_axes=(None, 0, context_axis))
+    inverse = jax.vmap(bijector.inverse, in_axes=(None, 0, None if context is None else 0))
     x, _ = inverse(params, y, context)
     return params, x
 
@@ -185,8 +190,18 @@ def stack(
     if isinstance(num_layers, bool) or not isinstance(num_layers, (int, np.integer)) or num_layers < 1:
         raise ValueError(f"stack needs an integer num_layers >= 1, got {num_layers!r}")
     if constants is None:
+        if not isinstance(layer, Bijector):
+            raise TypeError(
+                f"stack: without constants=, layer must be a Bijector, got {type(layer).__name__}; pass the "
+                "per-layer constants a layer function takes as constants=..."
+            )
         build = lambda _: layer  # noqa: E731
     else:
+        if isinstance(layer, Bijector) or not callable(layer):
+            raise TypeError(
+                "stack: with constants=, layer must be a function mapping one layer's constants to a Bijector, "
+                f"got {type(layer).__name__}."
+            )
         _check_constants(constants, num_layers)
         build = layer
     prototype = build(jax.tree.map(lambda c: c[0], constants))

@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxflow.bijectors._checks import as_shape, check_event
+from jaxflow.bijectors._checks import as_shape, check_event, checked_params
 from jaxflow.bijectors.base import Bijector, invert
 
 _LOG2 = float(np.log(2.0))
@@ -99,19 +99,14 @@ def affine_with_params(name: str, shape, param_shape, *, shift: bool = True, sca
     shape, param_shape = as_shape(shape), as_shape(param_shape)
     np.broadcast_shapes(shape, param_shape)  # raises if the params cannot broadcast to the event
 
+    learnt = [key for key, learns in (("shift", shift), ("log_scale", scale)) if learns]
+
     def init(key):
         del key
-        params = {}
-        if shift:
-            params["shift"] = jnp.zeros(param_shape)
-        if scale:
-            params["log_scale"] = jnp.zeros(param_shape)
-        return params
+        return {key: jnp.zeros(param_shape) for key in learnt}
 
     def unpack(params, dtype):
-        for key, leaf in params.items():
-            if tuple(leaf.shape) != param_shape:
-                raise ValueError(f"{name}: params[{key!r}] should have shape {param_shape}, got {tuple(leaf.shape)}.")
+        params = checked_params(name, params, dict.fromkeys(learnt, param_shape), dtype)
         zeros = jnp.zeros(param_shape, dtype)
         return params.get("shift", zeros), params.get("log_scale", zeros)
 

@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxflow.bijectors._checks import as_shape, check_event
+from jaxflow.bijectors._checks import as_shape, check_event, checked_params
 from jaxflow.bijectors.base import Bijector
 
 
@@ -33,10 +33,11 @@ def lu_linear(shape) -> Bijector:
     shape = as_shape(shape)
     channels = shape[-1]
 
+    shapes = dict.fromkeys(("lower", "upper"), (channels, channels)) | dict.fromkeys(("log_diag", "bias"), (channels,))
+
     def init(key):
         del key
-        zeros = jnp.zeros((channels, channels))
-        return {"lower": zeros, "upper": zeros, "log_diag": jnp.zeros(channels), "bias": jnp.zeros(channels)}
+        return {name: jnp.zeros(param_shape) for name, param_shape in shapes.items()}
 
     def factors(params):
         eye = jnp.eye(channels, dtype=params["log_diag"].dtype)
@@ -47,6 +48,7 @@ def lu_linear(shape) -> Bijector:
     def forward(params, x, context=None):
         del context
         x = check_event("lu_linear", x, shape)
+        params = checked_params("lu_linear", params, shapes, x.dtype)
         lower, upper = factors(params)
         y = x @ (lower @ upper).T + params["bias"]
         return y, _positions(shape) * jnp.sum(params["log_diag"])
@@ -54,6 +56,7 @@ def lu_linear(shape) -> Bijector:
     def inverse(params, y, context=None):
         del context
         y = check_event("lu_linear", y, shape)
+        params = checked_params("lu_linear", params, shapes, y.dtype)
         lower, upper = factors(params)
         rows = (y - params["bias"]).reshape(-1, channels).T
         z = jax.scipy.linalg.solve_triangular(lower, rows, lower=True, unit_diagonal=True)
@@ -81,13 +84,13 @@ def linear(shape) -> Bijector:
     def forward(params, x, context=None):
         del context
         x = check_event("linear", x, shape)
-        weight = params["weight"]
+        weight = checked_params("linear", params, {"weight": (channels, channels)}, x.dtype)["weight"]
         return x @ weight.T, _positions(shape) * jnp.linalg.slogdet(weight)[1]
 
     def inverse(params, y, context=None):
         del context
         y = check_event("linear", y, shape)
-        weight = params["weight"]
+        weight = checked_params("linear", params, {"weight": (channels, channels)}, y.dtype)["weight"]
         x = jnp.linalg.solve(weight, y.reshape(-1, channels).T).T
         return x.reshape(shape), -_positions(shape) * jnp.linalg.slogdet(weight)[1]
 

@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxflow.bijectors._checks import check_event
+from jaxflow.bijectors._checks import check_dim, check_event, checked_params
 from jaxflow.bijectors.base import Bijector
 from jaxflow.bijectors.root_finding import solve_monotone
 
@@ -103,25 +103,6 @@ def _activation(name: str, negative_slope: float) -> Activation:
     raise ValueError(f"planar: activation must be 'tanh' or 'leaky_relu', got {name!r}.")
 
 
-def check_params(name: str, params, shapes: dict[str, tuple[int, ...]]) -> None:
-    """Raises a clear error unless `params` is a dict with exactly `shapes`' keys and shapes."""
-    if not isinstance(params, dict) or set(params) != set(shapes):
-        got = sorted(params) if isinstance(params, dict) else type(params).__name__
-        raise ValueError(
-            f"{name}: expected params with keys {sorted(shapes)}, got {got}; were they made by this bijector's init?"
-        )
-    for key, shape in shapes.items():
-        if tuple(jnp.shape(params[key])) != shape:
-            raise ValueError(f"{name}: params[{key!r}] should have shape {shape}, got {tuple(jnp.shape(params[key]))}.")
-
-
-def check_dim(name: str, dim) -> int:
-    """Returns `dim` as an int after checking that it is a positive int."""
-    if not isinstance(dim, (int, np.integer)) or dim < 1:
-        raise ValueError(f"{name}: dim must be a positive int, got {dim!r}.")
-    return int(dim)
-
-
 def planar(dim: int, *, activation: str = "tanh", negative_slope: float = 0.01) -> Bijector:
     """y = x + u_hat h(w . x + b), invertible for every value of the params.
 
@@ -146,8 +127,8 @@ def planar(dim: int, *, activation: str = "tanh", negative_slope: float = 0.01) 
     def init(key):
         return {"u": jnp.zeros(dim), "w": jax.random.normal(key, (dim,)) / np.sqrt(dim), "bias": jnp.zeros(())}
 
-    def constrained(params):
-        check_params(name, params, {"u": (dim,), "w": (dim,), "bias": ()})
+    def constrained(params, dtype):
+        params = checked_params(name, params, {"u": (dim,), "w": (dim,), "bias": ()}, dtype)
         u, w = params["u"], params["w"]
         gain_plus_one = one_plus_gain(w @ u)
         u_hat = u + (gain_plus_one - 1 - w @ u) * w / (w @ w)
@@ -156,14 +137,14 @@ def planar(dim: int, *, activation: str = "tanh", negative_slope: float = 0.01) 
     def forward(params, x, context=None):
         del context
         x = check_event(name, x, (dim,))
-        u_hat, w, bias, gain_plus_one = constrained(params)
+        u_hat, w, bias, gain_plus_one = constrained(params, x.dtype)
         z = w @ x + bias
         return x + u_hat * h.fn(z), log_one_plus_gain_times_slope(h, z, gain_plus_one)
 
     def inverse(params, y, context=None):
         del context
         y = check_event(name, y, (dim,))
-        u_hat, w, bias, gain_plus_one = constrained(params)
+        u_hat, w, bias, gain_plus_one = constrained(params, y.dtype)
         alpha = h.solve(gain_plus_one, bias, w @ y)
         return y - u_hat * h.fn(alpha + bias), -log_one_plus_gain_times_slope(h, alpha + bias, gain_plus_one)
 
@@ -188,8 +169,8 @@ def radial(dim: int) -> Bijector:
     def init(key):
         return {"center": jax.random.normal(key, (dim,)), "log_alpha": jnp.zeros(()), "beta_raw": jnp.zeros(())}
 
-    def unpack(params):
-        check_params("radial", params, {"center": (dim,), "log_alpha": (), "beta_raw": ()})
+    def unpack(params, dtype):
+        params = checked_params("radial", params, {"center": (dim,), "log_alpha": (), "beta_raw": ()}, dtype)
         alpha = jnp.exp(params["log_alpha"])
         return params["center"], alpha, alpha * one_plus_gain(params["beta_raw"])
 
@@ -201,14 +182,14 @@ def radial(dim: int) -> Bijector:
     def forward(params, x, context=None):
         del context
         x = check_event("radial", x, (dim,))
-        center, alpha, alpha_plus_beta = unpack(params)
+        center, alpha, alpha_plus_beta = unpack(params, x.dtype)
         scale, log_det = scale_and_log_det(alpha, alpha_plus_beta, _norm(x - center))
         return center + scale * (x - center), log_det
 
     def inverse(params, y, context=None):
         del context
         y = check_event("radial", y, (dim,))
-        center, alpha, alpha_plus_beta = unpack(params)
+        center, alpha, alpha_plus_beta = unpack(params, y.dtype)
         r = _radius_before(alpha, alpha_plus_beta, _norm(y - center))
         scale, log_det = scale_and_log_det(alpha, alpha_plus_beta, r)
         return center + (y - center) / scale, -log_det

@@ -50,7 +50,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxflow.bijectors import spectral_norm
-from jaxflow.bijectors._checks import check_context, check_event
+from jaxflow.bijectors._checks import cast_params, check_context, check_event
 from jaxflow.bijectors.base import Bijector
 
 ACTIVATIONS = ("lipswish", "elu", "tanh")
@@ -93,20 +93,13 @@ class ContractiveMLP(nn.Module):
         return {"elu": jax.nn.elu, "tanh": jnp.tanh}[self.activation](h)
 
 
-def contract(variables, *, num_layers: int, lipschitz: float, dtype=None):
-    """Normalises the kernels `dense_0` .. `dense_{L-1}` of `ContractiveMLP` params to lipschitz^(1/L).
-
-    Kernels are first promoted to `dtype` if given (the event's), so that float32 params
-    used in float64 computations are normalised in float64.
-    """
+def contract(variables, *, num_layers: int, lipschitz: float):
+    """Normalises the kernels `dense_0` .. `dense_{L-1}` of `ContractiveMLP` params to lipschitz^(1/L)."""
     layers = dict(variables["params"])
     coefficient = lipschitz ** (1 / num_layers)
     for i in range(num_layers):
         layer = layers[f"dense_{i}"]
-        kernel = layer["kernel"]
-        if dtype is not None:
-            kernel = jnp.asarray(kernel, jnp.promote_types(kernel.dtype, dtype))
-        layers[f"dense_{i}"] = {**layer, "kernel": spectral_norm.normalise(kernel, coefficient=coefficient)}
+        layers[f"dense_{i}"] = {**layer, "kernel": spectral_norm.normalise(layer["kernel"], coefficient=coefficient)}
     return {**variables, "params": layers}
 
 
@@ -270,7 +263,8 @@ def residual(
             raise ValueError(f"{name} estimates its log-det stochastically: pass key=... (or use log_det='exact').")
         event = check_event(name, event, (dim,), what)
         context = check_context(name, context, context_shape)
-        return event, (contract_params(params, dtype=event.dtype), context)
+        params, context = cast_params((params, context), event.dtype)  # normalised in the event's precision
+        return event, (contract_params(params), context)
 
     def to_base(params, x, context, key):
         x, inputs = prepare(params, x, context, key, "data-side input")

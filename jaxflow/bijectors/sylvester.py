@@ -34,9 +34,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxflow.bijectors._checks import check_event
+from jaxflow.bijectors._checks import check_dim, check_event, checked_params
 from jaxflow.bijectors.base import Bijector
-from jaxflow.bijectors.planar import TANH, check_dim, check_params, log_one_plus_gain_times_slope, one_plus_gain
+from jaxflow.bijectors.planar import TANH, log_one_plus_gain_times_slope, one_plus_gain
 
 VARIANTS = ("orthogonal", "householder", "triangular")
 
@@ -102,8 +102,8 @@ def sylvester(
         params = {key_name: jnp.zeros(shape) for key_name, shape in shapes.items() if key_name not in q_map.shapes}
         return params | {key_name: jax.random.normal(key, shape) for key_name, shape in q_map.shapes.items()}
 
-    def unpack(params):
-        check_params(name, params, shapes)
+    def unpack(params, dtype):
+        params = checked_params(name, params, shapes, dtype)
         r_tilde_diag = jnp.exp(params["log_r_tilde_diag"])
         gain_plus_one = one_plus_gain(params["raw_gain"])
         r = jnp.triu(params["r"], 1) + jnp.diag((gain_plus_one - 1) / r_tilde_diag)
@@ -113,7 +113,7 @@ def sylvester(
     def forward(params, z, context=None):
         del context
         z = check_event(name, z, (dim,))
-        q, r, r_tilde, bias, gain_plus_one = unpack(params)
+        q, r, r_tilde, bias, gain_plus_one = unpack(params, z.dtype)
         pre_activation = r_tilde @ (q.T @ z) + bias
         log_det = jnp.sum(log_one_plus_gain_times_slope(TANH, pre_activation, gain_plus_one))
         return z + q @ (r @ jnp.tanh(pre_activation)), log_det
@@ -121,7 +121,7 @@ def sylvester(
     def inverse(params, z_out, context=None):
         del context
         z_out = check_event(name, z_out, (dim,))
-        q, r, r_tilde, bias, gain_plus_one = unpack(params)
+        q, r, r_tilde, bias, gain_plus_one = unpack(params, z_out.dtype)
         v = _back_substitute(r, r_tilde, bias, gain_plus_one, q.T @ z_out)
         pre_activation = r_tilde @ v + bias
         log_det = -jnp.sum(log_one_plus_gain_times_slope(TANH, pre_activation, gain_plus_one))

@@ -64,6 +64,8 @@ def affine(min_scale: float = 1e-3) -> Transformer:
     and `min_scale` bounds the scale away from zero. theta = [shift, raw scale];
     c is chosen so that theta = 0 gives scale 1.
     """
+    if not 0 < min_scale < 1:
+        raise ValueError(f"affine: min_scale must lie in (0, 1) (scale 1 at raw 0, never below it), got {min_scale!r}.")
     offset = float(np.log(np.expm1(1.0 - min_scale)))
 
     def scale_of(theta):

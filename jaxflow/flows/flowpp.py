@@ -32,6 +32,7 @@ def flowpp(
     context_dim: int | None = None,
     permute: str = "random",
     seed: int = 0,
+    unroll: int | bool = 1,
 ) -> Flow:
     """Logistic-mixture CDF couplings, each with an ActNorm and a reordering, in one `lax.scan`.
 
@@ -49,6 +50,7 @@ def flowpp(
       context_dim: size of the context for a conditional flow (fed to every conditioner).
       permute: reordering after each layer: "random", "reverse" or "none".
       seed: seed of the random permutations (configuration, not params).
+      unroll: layers per loop iteration (see `jaxflow.stack`).
 
     References: Ho et al. (2019), https://arxiv.org/abs/1902.00275
     """
@@ -60,5 +62,6 @@ def flowpp(
         layer = coupling(dim, transformer, hidden=hidden, context_dim=context_dim)
         return chain(layer, actnorm_layer(dim), name=f"actnorm_{layer.name}") if actnorm else layer
 
-    return vector_flow(permuted_stack(make_layer, dim, layers, permute=permute, seed=seed), dim, context_dim)
+    stacked = permuted_stack(make_layer, dim, layers, permute=permute, seed=seed, unroll=unroll)
+    return vector_flow(stacked, dim, context_dim)
 

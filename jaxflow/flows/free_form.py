@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from jaxflow.bijectors._checks import check_dim
 from jaxflow.bijectors.base import chain, stack
 from jaxflow.bijectors.permutation import reverse
-from jaxflow.bijectors.planar import check_dim, planar, radial
+from jaxflow.bijectors.planar import planar, radial
 from jaxflow.bijectors.sylvester import sylvester
 from jaxflow.distributions import Flow
 from jaxflow.flows._layers import vector_flow
