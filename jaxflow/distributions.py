@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxflow import validation
-from jaxflow.bijectors._checks import as_shape, check_event
+from jaxflow.bijectors._checks import as_shape, batch_shape_of, check_event
 from jaxflow.bijectors.base import Bijector, transform
 
 _HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
@@ -128,12 +128,7 @@ class Flow(NamedTuple):
         return self._map(one, shape, z, context, bijector_key if self.bijector.stochastic else None)
 
     def _batch_shape(self, shape, what):
-        event_ndim = len(self.event_shape)
-        if len(shape) < event_ndim or tuple(shape[len(shape) - event_ndim:]) != self.event_shape:
-            raise ValueError(
-                f"Flow: expected {what} with trailing event shape {self.event_shape}, got shape {tuple(shape)}."
-            )
-        return tuple(shape[: len(shape) - event_ndim])
+        return batch_shape_of(f"Flow ({what})", shape, self.event_shape)
 
     def _context_batch_shape(self, context):
         """Batch shape of a context (() for one shared context); validates its event shape."""
@@ -146,12 +141,7 @@ class Flow(NamedTuple):
                 f"Flow is conditional: pass a context of shape {self.context_shape} (or with batch dims in front)."
             )
         context = check_event("Flow", context, None, what="context")
-        n = len(self.context_shape)
-        if context.ndim < n or tuple(context.shape[context.ndim - n:]) != self.context_shape:
-            raise ValueError(
-                f"Flow: expected a context with trailing shape {self.context_shape}, got shape {context.shape}."
-            )
-        return tuple(context.shape[: context.ndim - n])
+        return batch_shape_of("Flow (context)", context.shape, self.context_shape)
 
     def _sample_shape(self, shape, context):
         context_batch = self._context_batch_shape(context)

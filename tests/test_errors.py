@@ -88,7 +88,7 @@ def test_context_given_to_an_unconditional_flow():
 def test_wrong_context_shape_for_a_conditional_flow():
     flow = jf.Flow(jf.standard_normal(4), jb.affine_coupling(4, hidden=(4,), context_dim=2), context_shape=(2,))
     params = flow.init(jax.random.key(0))
-    with pytest.raises(ValueError, match=r"context with trailing shape \(2,\)"):
+    with pytest.raises(ValueError, match=r"Flow \(context\): expected an array with trailing event shape \(2,\)"):
         flow.log_prob(params, jnp.zeros((5, 4)), context=jnp.zeros((5, 3)))
     with pytest.raises(ValueError, match="does not match the data batch shape"):
         flow.log_prob(params, jnp.zeros((5, 4)), context=jnp.zeros((6, 2)))
