@@ -22,8 +22,7 @@ import numpy as np
 from jaxflow.bijectors._checks import check_dim, check_event, checked_params
 from jaxflow.bijectors.base import Bijector
 from jaxflow.bijectors.root_finding import solve_monotone
-
-_SOFTPLUS_INVERSE_OF_ONE = float(np.log(np.expm1(1.0)))  # softplus(this) = 1
+from jaxflow.bijectors.transformers import softplus_inverse
 
 
 def one_plus_gain(raw):
@@ -33,7 +32,7 @@ def one_plus_gain(raw):
     shifted so that zero params give the identity; it covers (-1, inf). Keeping
     1 + gain separately avoids the cancellation of computing it from the gain.
     """
-    return jax.nn.softplus(raw + _SOFTPLUS_INVERSE_OF_ONE)
+    return jax.nn.softplus(raw + softplus_inverse(1.0))
 
 
 class Activation(NamedTuple):

@@ -52,12 +52,12 @@ import jax.numpy as jnp
 from jaxflow.bijectors import spectral_norm
 from jaxflow.bijectors._checks import cast_params, check_context, check_event
 from jaxflow.bijectors.base import Bijector
+from jaxflow.bijectors.transformers import softplus_inverse
 
 ACTIVATIONS = ("lipswish", "elu", "tanh")
 LOG_DETS = ("exact", "series", "russian_roulette")
 DEFAULT_NUM_SERIES_TERMS = {"series": 8, "russian_roulette": 2}
 _LIPSWISH_SLOPE_BOUND = 1.1  # max_t d/dt [t sigmoid(t)] = 1.0998...
-_SOFTPLUS_INVERSE_OF_ONE = math.log(math.expm1(1.0))
 
 
 class ContractiveMLP(nn.Module):
@@ -88,7 +88,7 @@ class ContractiveMLP(nn.Module):
 
     def _activate(self, h, index):
         if self.activation == "lipswish":  # swish(beta t) / 1.1 with beta > 0 per unit (Chen et al. 2019)
-            raw_beta = self.param(f"lipswish_{index}", nn.initializers.constant(_SOFTPLUS_INVERSE_OF_ONE), h.shape)
+            raw_beta = self.param(f"lipswish_{index}", nn.initializers.constant(softplus_inverse(1.0)), h.shape)
             return h * jax.nn.sigmoid(jax.nn.softplus(raw_beta) * h) / _LIPSWISH_SLOPE_BOUND
         return {"elu": jax.nn.elu, "tanh": jnp.tanh}[self.activation](h)
 

@@ -28,7 +28,7 @@ from jax import lax
 
 from jaxflow.bijectors._checks import as_shape, check_event
 from jaxflow.bijectors.base import Bijector
-from jaxflow.bijectors.transformers import Transformer, unstack, unstack_params
+from jaxflow.bijectors.transformers import Transformer, softplus_inverse, unstack, unstack_params
 
 
 def _check_config(num_bins, bound, min_bin_width, min_bin_height, min_derivative):
@@ -88,13 +88,9 @@ def _split_rows(raw):
     return lax.split(raw, [num_bins, num_bins, num_bins - 1], axis=0)
 
 
-def _derivative_offset(min_derivative):
-    return float(np.log(np.expm1(1.0 - min_derivative)))  # softplus(0 + offset) + min_derivative = 1
-
-
 def _knot_lists(raw_widths, raw_heights, raw_derivatives, config):
     """The knots of `spline_knots` as three lists of num_bins + 1 arrays (...), one array per knot."""
-    offset = _derivative_offset(config.min_derivative)
+    offset = softplus_inverse(1.0 - config.min_derivative)  # raw 0: derivative 1
     ones = jnp.ones(raw_derivatives.shape[1:], raw_derivatives.dtype)
     interior = [jax.nn.softplus(raw + offset) + config.min_derivative for raw in unstack(raw_derivatives)]
     x_knots, width_probabilities = _knot_positions(raw_widths, config.bound, config.min_bin_width)
@@ -414,7 +410,7 @@ def _piece_tangent(raw, raw_tangent, index, probabilities, piece, config) -> _Bi
     y_lo, height = position_tangents(
         height_tangent, height_probabilities, piece.y_lo, piece.height, config.min_bin_height
     )
-    moved = jax.nn.sigmoid(raw_derivatives + _derivative_offset(config.min_derivative)) * derivative_tangent
+    moved = jax.nn.sigmoid(raw_derivatives + softplus_inverse(1.0 - config.min_derivative)) * derivative_tangent
     knot = bins[1:]  # interior derivative j sits on knot j + 1
     d_lo = jnp.sum(jnp.where(knot == index, moved, 0.0), axis=0)
     d_hi = jnp.sum(jnp.where(knot == index + 1, moved, 0.0), axis=0)

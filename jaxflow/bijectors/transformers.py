@@ -57,6 +57,11 @@ def additive() -> Transformer:
     return Transformer(1, forward, inverse, "additive")
 
 
+def softplus_inverse(value: float) -> float:
+    """The x with softplus(x) = `value` (> 0): the offset that makes a raw param of 0 give `value`."""
+    return float(np.log(np.expm1(value)))
+
+
 def affine(min_scale: float = 1e-3) -> Transformer:
     """y = x * scale + shift (RealNVP) with scale = softplus(raw + c) + min_scale.
 
@@ -66,7 +71,7 @@ def affine(min_scale: float = 1e-3) -> Transformer:
     """
     if not 0 < min_scale < 1:
         raise ValueError(f"affine: min_scale must lie in (0, 1) (scale 1 at raw 0, never below it), got {min_scale!r}.")
-    offset = float(np.log(np.expm1(1.0 - min_scale)))
+    offset = softplus_inverse(1.0 - min_scale)
 
     def scale_of(theta):
         # = softplus(raw + c) + min_scale, written so that raw = 0 gives exactly 1 in any dtype.
