@@ -23,6 +23,7 @@ import jax
 import numpy as np
 import optax
 
+from benchmarks import peers
 from benchmarks._common import environment, markdown_table, write_json
 from jaxflow import datasets
 from jaxflow.train import forward_kl
@@ -52,6 +53,7 @@ def _jaxflow_flow(model_name, dim, seed):
 
 
 def fit_flowjax(model_name, train, args, seed):
+    import paramax
     from flowjax.train import fit_to_data
 
     init_key, fit_key = jax.random.split(jax.random.key(seed))
@@ -60,21 +62,18 @@ def fit_flowjax(model_name, train, args, seed):
         fit_key, flow, train, learning_rate=args.learning_rate, max_epochs=args.epochs,
         max_patience=args.epochs, batch_size=args.batch_size, val_prop=args.validation, show_progress=False,
     )
+    flow = paramax.unwrap(flow)
     return lambda x: flow.log_prob(x)  # a bound method of an equinox module is not hashable for jit
 
 
 def _flowjax_flow(model_name, dim, key):
-    import jax.numpy as jnp
-    from flowjax.bijections import Affine, RationalQuadraticSpline
-    from flowjax.distributions import Normal
-    from flowjax.flows import coupling_flow, masked_autoregressive_flow
+    """flowjax's flow of `peers`, its base held fixed like jaxflow's standard normal."""
+    import equinox as eqx
+    import paramax
 
     config = CONFIGS[model_name]
-    common = dict(base_dist=Normal(jnp.zeros(dim)), flow_layers=config["layers"], nn_width=128, nn_depth=2)
-    if model_name == "maf":
-        return masked_autoregressive_flow(key, transformer=Affine(), **common)
-    spline = RationalQuadraticSpline(knots=config["bins"], interval=4.0)
-    return coupling_flow(key, transformer=spline, **common)
+    flow = peers.flowjax_flow(model_name, key, dim, config["layers"], config["hidden"], config.get("bins", 8))
+    return eqx.tree_at(lambda tree: tree.base_dist, flow, replace_fn=paramax.non_trainable)
 
 
 FITS = {"jaxflow": fit_jaxflow, "flowjax": fit_flowjax}

@@ -4,9 +4,13 @@ Each builder returns a `Model(params, log_prob, sample)` on events of one shape:
   log_prob(params, x (n, *event_shape)) -> (n,)     sample(params, key, n) -> (n, *event_shape)
 Vector models, on events of shape (dim,): realnvp (affine couplings + random permutations), maf
 (affine MADE layers + random permutations), nsf (rational-quadratic spline couplings + random
-permutations); all with MLPs of `hidden` widths. jaxflow also builds every other ready-made flow of
-`jaxflow.flows`: the vector flows nice, iaf, nsf_autoregressive, flowpp, residual, planar, radial and
-sylvester, and Glow on images of shape (H, W, C), none of which a peer expresses.
+permutations); all with MLPs of `hidden` widths, each coupling's network reading dim // 2 entries
+and parametrising the other ones, the base a fixed standard normal. Every library trains as many
+params, except that the peers' splines take 2 more raw params per entry (both boundary
+derivatives) than jaxflow's 3 * bins - 1 (tests/test_benchmarks.py counts them). jaxflow also
+builds every other ready-made flow of `jaxflow.flows`: the vector flows nice, iaf,
+nsf_autoregressive, flowpp, residual, planar, radial and sylvester, and Glow on images of shape
+(H, W, C), none of which a peer expresses.
 """
 
 from __future__ import annotations
@@ -83,25 +87,32 @@ def jaxflow_unrolled_model(name, key, event_shape, *args, **config) -> Model:
 
 # flowjax -------------------------------------------------------------------------------------
 
-def flowjax_model(name, key, event_shape, layers, hidden, bins=8) -> Model:
-    import equinox as eqx
+def flowjax_flow(name, key, dim: int, layers, hidden, bins=8):
+    """flowjax's flow: the same layers, widths and bins as jaxflow's (flowjax counts inner knots, bins - 1)."""
     from flowjax.bijections import Affine, RationalQuadraticSpline
     from flowjax.distributions import Normal
     from flowjax.flows import coupling_flow, masked_autoregressive_flow
 
-    dim = vector_dim(event_shape)
     if len(set(hidden)) != 1:
         raise ValueError("flowjax uses one width for every hidden layer")
     common = dict(base_dist=Normal(jnp.zeros(dim)), flow_layers=layers, nn_width=hidden[0], nn_depth=len(hidden))
     if name == "realnvp":
-        flow = coupling_flow(key, transformer=Affine(), **common)
-    elif name == "maf":
-        flow = masked_autoregressive_flow(key, transformer=Affine(), **common)
-    elif name == "nsf":
-        flow = coupling_flow(key, transformer=RationalQuadraticSpline(knots=bins, interval=4.0), **common)
-    else:
-        raise ValueError(f"flowjax_model: no flowjax model {name!r}; expected one of {FLOWJAX_MODELS}.")
-    params, static = eqx.partition(flow, eqx.is_inexact_array)
+        return coupling_flow(key, transformer=Affine(), **common)
+    if name == "maf":
+        return masked_autoregressive_flow(key, transformer=Affine(), **common)
+    if name == "nsf":
+        return coupling_flow(key, transformer=RationalQuadraticSpline(knots=bins - 1, interval=4.0), **common)
+    raise ValueError(f"flowjax_flow: no flowjax model {name!r}; expected one of {FLOWJAX_MODELS}.")
+
+
+def flowjax_model(name, key, event_shape, layers, hidden, bins=8) -> Model:
+    """flowjax's flow with its base distribution held fixed, as jaxflow's standard normal is."""
+    import equinox as eqx
+
+    flow = flowjax_flow(name, key, vector_dim(event_shape), layers, hidden, bins)
+    trained = jax.tree.map(eqx.is_inexact_array, flow)
+    trained = eqx.tree_at(lambda tree: tree.base_dist, trained, replace=jax.tree.map(lambda _: False, flow.base_dist))
+    params, static = eqx.partition(flow, trained)
 
     def log_prob(params, x):
         return eqx.combine(params, static).log_prob(x)
@@ -132,52 +143,58 @@ def _distrax_permutation(perm):
     return Permute()
 
 
-def _distrax_affine(dim):
+def _distrax_affine(size):
     import distrax
 
     offset = float(np.log(np.expm1(1.0 - 1e-3)))
 
     def make(raw):
-        raw = raw.reshape(*raw.shape[:-1], dim, 2)
-        return distrax.ScalarAffine(shift=raw[..., 0], scale=jax.nn.softplus(raw[..., 1] + offset) + 1e-3)
+        raw = raw.reshape(*raw.shape[:-1], size, 2)
+        scale = jax.nn.softplus(raw[..., 1] + offset) + 1e-3
+        return distrax.Block(distrax.ScalarAffine(shift=raw[..., 0], scale=scale), 1)
 
     return make, 2
 
 
-def _distrax_spline(dim, bins):
+def _distrax_spline(size, bins):
     import distrax
 
     num_params = 3 * bins + 1  # distrax's parametrisation includes the two boundary slopes
 
     def make(raw):
-        raw = raw.reshape(*raw.shape[:-1], dim, num_params)
-        return distrax.RationalQuadraticSpline(raw, range_min=-4.0, range_max=4.0, boundary_slopes="identity")
+        raw = raw.reshape(*raw.shape[:-1], size, num_params)
+        spline = distrax.RationalQuadraticSpline(raw, range_min=-4.0, range_max=4.0, boundary_slopes="identity")
+        return distrax.Block(spline, 1)
 
     return make, num_params
 
 
 def distrax_model(name, key, event_shape, layers, hidden, bins=8) -> Model:
-    """distrax: a Python-loop `Chain` of `MaskedCoupling` + permutation (no MADE in distrax)."""
+    """distrax: a Python-loop `Chain` of `SplitCoupling` + permutation (no MADE in distrax).
+
+    Each coupling's network reads the first dim // 2 entries and parametrises the others, as
+    jaxflow's half mask does (distrax's `MaskedCoupling` would read and transform all of them).
+    """
     import distrax
 
     dim = vector_dim(event_shape)
+    split, rest = dim // 2, dim - dim // 2
     if name == "realnvp":
-        make_bijector, num_params = _distrax_affine(dim)
+        make_bijector, num_params = _distrax_affine(rest)
     elif name == "nsf":
-        make_bijector, num_params = _distrax_spline(dim, bins)
+        make_bijector, num_params = _distrax_spline(rest, bins)
     else:
         raise ValueError(f"distrax_model: no distrax model {name!r}; expected one of {DISTRAX_MODELS}.")
-    mask = np.arange(dim) < dim // 2
-    net = MLP(tuple(hidden), num_params * dim)
+    net = MLP(tuple(hidden), num_params * rest)
     perms = np.asarray(random_permutations(jax.random.key(1), layers, dim))
-    params = [net.init(k, jnp.zeros(dim)) for k in jax.random.split(key, layers)]
+    params = [net.init(k, jnp.zeros(split)) for k in jax.random.split(key, layers)]
     base = distrax.MultivariateNormalDiag(jnp.zeros(dim), jnp.ones(dim))
 
     def build(params):
         bijectors = []
         for p, perm in zip(params, perms):
-            coupling = distrax.MaskedCoupling(
-                mask=mask, conditioner=lambda x, p=p: net.apply(p, x), bijector=make_bijector
+            coupling = distrax.SplitCoupling(
+                split_index=split, event_ndims=1, conditioner=lambda x, p=p: net.apply(p, x), bijector=make_bijector
             )
             bijectors += [coupling, _distrax_permutation(perm)]
         return distrax.Transformed(base, distrax.Chain(bijectors[::-1]))  # distrax applies the last listed first

@@ -4,7 +4,8 @@ For each ready-made flow (realnvp: dim 16, 8 layers; maf: dim 16, 5 layers; nsf:
 8 bins; all MLP/MADE 2x128; and, jaxflow only, nice, iaf, autoregressive nsf, Flow++, residual,
 planar, radial and Sylvester flows, and Glow on 8x8x1 images: 3 levels of 4 steps, CNN couplings
 of 64 channels, the configuration of examples/glow_digits.py) and each library that can express it:
-compile time of the training step (median of `--compile-repeats` fresh compilations), training-step
+compile time of the training step (median of `--compile-repeats` compilations, each from cold JAX caches:
+trace, lower and compile, as in a fresh process), training-step
 time (Adam, batch 512), log_prob and sample throughput (batch 8192), and the training step's
 achieved matrix-product FLOP/s (counted from the jaxpr, loops per iteration: benchmarks/flops.py)
 as a fraction of a dense matmul timed in the same run. Vector flows run on events of shape (dim,)
@@ -103,7 +104,8 @@ def prepare_model(model, event_shape, *, train_batch, eval_batch, train_steps) -
     opt_state = optimizer.init(model.params)
     step = train_step_fn(model, optimizer)
 
-    def compile_step():  # a new step function each time, so that no cache answers
+    def compile_step():  # a new step function from cold caches each time, as in a fresh process
+        jax.clear_caches()
         return jax.jit(train_step_fn(model, optimizer)).lower(model.params, opt_state, x_train).compile()
 
     start = time.perf_counter()
@@ -116,12 +118,13 @@ def prepare_model(model, event_shape, *, train_batch, eval_batch, train_steps) -
             params, state, loss = compiled(params, state, x_train)
         _block(loss)
 
-    log_prob = jax.jit(model.log_prob)
-    sample = jax.jit(model.sample, static_argnums=2)
+    # Compiled ahead of time: clearing the caches for another compile timing leaves them compiled.
+    log_prob = jax.jit(model.log_prob).lower(model.params, x_eval).compile()
+    sample = jax.jit(model.sample, static_argnums=2).lower(model.params, key, eval_batch).compile()
     single_calls = {
         "train": (train, train_steps),
         "log_prob": (lambda: _block(log_prob(model.params, x_eval)), eval_batch),
-        "sample": (lambda: _block(sample(model.params, key, eval_batch)), eval_batch),
+        "sample": (lambda: _block(sample(model.params, key)), eval_batch),
     }
     calls, per_call, repeats = {}, {}, {}
     for measure, (call, covered) in single_calls.items():
@@ -196,8 +199,10 @@ def matmul_gflops(repeats: int, size: int = 1024) -> float:
     """Achieved GFLOP/s of a float32 dense matmul: the reference for FLOP/s fractions."""
     a = jax.random.normal(jax.random.key(0), (size, size))
     matmul = jax.jit(lambda a: a @ a)
-    _block(matmul(a))
-    return 2 * size**3 / median_seconds(lambda: _block(matmul(a)), repeats) / 1e9
+    call = lambda: _block(matmul(a))  # noqa: E731
+    call()  # warm-up
+    repeated, count = _repeated(call)  # timed like the flows' calls, so that dispatch does not dominate
+    return 2 * size**3 * count / median_seconds(repeated, repeats) / 1e9
 
 
 def parse_args(argv):

@@ -56,6 +56,21 @@ def test_unknown_model_is_a_clear_error(capsys):
     assert "unknown models ['unet']" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("name", ["realnvp", "maf", "nsf"])
+def test_peers_train_as_many_params_as_jaxflow(name):
+    """The same layers, widths, bins and conditioner inputs; only the spline's raw params per entry differ."""
+    dim, layers, hidden, bins = 6, 2, (8, 8), 4
+
+    def count(library):
+        model = peers.build(library, name, jax.random.key(0), dim, layers, hidden, bins)
+        return None if model is None else sum(leaf.size for leaf in jax.tree.leaves(model.params))
+
+    # distrax's and flowjax's splines take both boundary derivatives as raw params, 2 more per entry.
+    extra = 2 * (dim - dim // 2) * (hidden[-1] + 1) * layers if name == "nsf" else 0
+    assert count("flowjax") == count("jaxflow") + extra
+    assert count("distrax") in (None, count("jaxflow") + extra)
+
+
 def test_unrolled_jaxflow_rows_compute_the_same_model():
     looped = peers.build("jaxflow", "realnvp", jax.random.key(0), 4, 2, (8,))
     unrolled = peers.build("jaxflow-unrolled", "realnvp", jax.random.key(0), 4, 2, (8,))
