@@ -111,6 +111,18 @@ def test_kit_detects_a_wrong_inverse():
         check_bijector(wrong, {"shift": jnp.array([1.0, 2.0])}, jnp.zeros(2))
 
 
+def test_kit_detects_an_inverse_that_differs_under_jit():
+    honest = jb.shift(2)
+
+    def inverse(params, y, context=None):
+        x, log_det = honest.inverse(params, y, context)
+        return (x if isinstance(y, jax.core.Tracer) else x + 1.0), log_det  # wrong when called eagerly
+
+    two_faced = honest._replace(inverse=inverse, name="two_faced")
+    with pytest.raises(AssertionError, match="jit inverse == eager"):
+        check_bijector(two_faced, {"shift": jnp.array([1.0, 2.0])}, jnp.zeros(2))
+
+
 def test_affine_params_map_x_to_loc_plus_scale_times_x():
     loc, scale = np.array([1.0, -2.0, 0.5]), np.array([0.5, 3.0, 1.0])
     x = jnp.array([0.3, -1.0, 2.0])

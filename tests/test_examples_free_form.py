@@ -1,4 +1,4 @@
-"""Smoke tests of the free-form and residual examples: each runs end to end on a tiny budget."""
+"""Smoke tests of the free-form, residual and VI examples: each runs end to end on a tiny budget."""
 
 import math
 
@@ -28,3 +28,11 @@ def test_planar_vi_runs(tmp_path, load_example):
         assert all(math.isfinite(value) for value in values.values())
         assert 0 < values["ess"] <= 1
     assert (tmp_path / "planar_vi.png").stat().st_size > 0
+
+
+def test_banana_vi_runs_without_files_from_outside_the_repository(tmp_path, load_example):
+    metrics = load_example("banana_vi").main(
+        ["--steps", "4", "--anneal-steps", "2", "--num-samples", "8", "--out", str(tmp_path)]
+    )
+    assert all(math.isfinite(value) for value in metrics.values()) and 0 < metrics["ess"] <= 1
+    assert (tmp_path / "banana_vi.png").stat().st_size > 0
