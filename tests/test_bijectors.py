@@ -111,6 +111,7 @@ def test_kit_detects_a_wrong_inverse():
         check_bijector(wrong, {"shift": jnp.array([1.0, 2.0])}, jnp.zeros(2))
 
 
+@pytest.mark.float64
 def test_kit_detects_an_inverse_that_differs_under_jit():
     honest = jb.shift(2)
 
@@ -119,8 +120,8 @@ def test_kit_detects_an_inverse_that_differs_under_jit():
         return (x if isinstance(y, jax.core.Tracer) else x + 1.0), log_det  # wrong when called eagerly
 
     two_faced = honest._replace(inverse=inverse, name="two_faced")
-    with pytest.raises(AssertionError, match="jit inverse == eager"):
-        check_bijector(two_faced, {"shift": jnp.array([1.0, 2.0])}, jnp.zeros(2))
+    with pytest.raises(AssertionError, match="eager inverse"):
+        check_bijector(two_faced, {"shift": jnp.array([1.0, 2.0])}, jnp.zeros(2, jnp.float64))
 
 
 def test_affine_params_map_x_to_loc_plus_scale_times_x():

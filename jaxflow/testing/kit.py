@@ -86,9 +86,9 @@ def check_bijector(
     Checks: forward output and log-det are finite, of the input's dtype, the log-det a
     scalar; the round trips `inverse(forward(x)) = x` and `forward(inverse(y)) = y`;
     forward and inverse log-dets cancel; both log-dets match `slogdet(jacfwd(...))`
-    (skip with `check_jacobian=False` for large events); jit equals eager in both
-    directions; vmap over a batch equals one call per row; gradients with respect to
-    params and inputs are finite.
+    (skip with `check_jacobian=False` for large events); jit equals eager, and in float64
+    the eager inverse round-trips as the jitted one does; vmap over a batch equals one
+    call per row; gradients with respect to params and inputs are finite.
 
     Args:
       bijector: the bijector under test.
@@ -127,9 +127,12 @@ def _check(bijector, params, x, context, key, tol, log_det_tol, check_jacobian):
     _close(f"{label} jit forward log_det == eager", values["log_det"], log_det, log_det_tol)
 
     inverse_log_det = values["inverse_log_det"]
-    x_back, eager_inverse_log_det = transform(bijector, "inverse", params, y, context, key)  # eager
-    _close(f"{label} jit inverse == eager", values["x_back"], x_back, tol)
-    _close(f"{label} jit inverse log_det == eager", inverse_log_det, eager_inverse_log_det, log_det_tol)
+    if x.dtype == jnp.float64:
+        # The eager inverse round-trips too. Only in float64: in float32 an expanding inverse
+        # amplifies the eager and jitted programs' different rounding past the tolerance.
+        x_back, eager_inverse_log_det = transform(bijector, "inverse", params, y, context, key)
+        _close(f"{label} eager inverse(forward(x))", x_back, x, tol)
+        _close(f"{label} eager inverse log_det = -forward log_det", eager_inverse_log_det, -log_det, log_det_tol)
     _close(f"{label} inverse(forward(x))", values["x_back"], x, tol)
     _close(f"{label} inverse log_det = -forward log_det", inverse_log_det, -log_det, log_det_tol)
     _close(f"{label} forward(inverse(y))", values["y_again"], y, tol)

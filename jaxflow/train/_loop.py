@@ -16,12 +16,13 @@ training stops after that chunk.
 
 Checkpoints (`jaxflow.checkpoint`) are written after the callbacks: every
 `checkpoint_every` steps (rounded up to whole chunks), when a callback stops
-training, and after the last chunk. Chunks end on multiples of `chunk_size`
-(a run resumed from another step first takes the steps up to the next one), so
-validation and checkpoints keep their cadence across resumptions. A fit resumes from the newest one by
-passing its state and history back to `run`, which then carries on from there:
-as every key and batch is a function of the step number alone, the resumed run
-takes exactly the steps the uninterrupted one would have taken.
+training, and after the last chunk. Chunks end on multiples of `chunk_size` (a run
+resumed from another step first takes the steps up to the next one), so validation
+and checkpoints keep their cadence across resumptions. A fit resumes from the newest
+checkpoint by passing its state and history back to `run` (`run_resumable` does
+both), which then carries on from there: as every key and batch is a function of the
+step number alone, the resumed run takes exactly the steps the uninterrupted one
+would have taken.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
+from jaxflow.train import sharding
 from jaxflow.train._step import StepInfo, TrainState
 
 Callback = Callable[[TrainState, dict], "bool | None"]
@@ -130,6 +132,27 @@ def run(
     history = {name: values[:done] for name, values in history.items()}
     history["num_skipped"] = np.asarray(history["skipped"].sum())
     return state, history
+
+
+def run_resumable(
+    run_chunk: RunChunk, state: TrainState, num_steps: int, *, key, checkpoint_dir=None, checkpoint_every: int = 1000,
+    mesh=None, **options,
+) -> tuple[TrainState, dict]:
+    """`run` from the newest checkpoint in `checkpoint_dir` of the run started with `key`, else from `state`.
+
+    The state is replicated over `mesh` (if any) and checkpoints are written as `run` says;
+    `options` are `run`'s other keyword arguments.
+    """
+    snapshot = resume(checkpoint_dir, key, state)
+    return run(
+        run_chunk,
+        sharding.replicate(state if snapshot is None else snapshot.state, mesh),
+        num_steps,
+        history=None if snapshot is None else snapshot.history,
+        save=saver(checkpoint_dir, key),
+        checkpoint_every=checkpoint_every,
+        **options,
+    )
 
 
 def _history_from(previous: dict | None, num_steps: int) -> tuple[int, dict]:

@@ -140,20 +140,19 @@ def fit(
         keys = _loop.step_keys(key, state.step + jnp.arange(length))
         return sharding.constrain_replicated(_loop.scan_steps(make_step(loss_fn, optimizer), state, (keys,)), mesh)
 
-    state = init_state(student_params, optimizer)
-    snapshot = _loop.resume(checkpoint_dir, key, state)
-    state, history = _loop.run(
+    state, history = _loop.run_resumable(
         lambda state, length: run_chunk(state, key, teacher_params, contexts, length),
-        sharding.replicate(state if snapshot is None else snapshot.state, mesh),
+        init_state(student_params, optimizer),
         num_steps,
+        key=key,
+        checkpoint_dir=checkpoint_dir,
+        checkpoint_every=checkpoint_every,
+        mesh=mesh,
         chunk_size=chunk_size,
         progress=progress,
         on_nonfinite=on_nonfinite,
         callbacks=(callback,),
         description="distill",
-        history=None if snapshot is None else snapshot.history,
-        save=_loop.saver(checkpoint_dir, key),
-        checkpoint_every=checkpoint_every,
     )
     return state.params, history
 

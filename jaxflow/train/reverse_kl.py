@@ -185,20 +185,19 @@ def fit(
         state_and_infos = _loop.scan_steps(step, state, (_loop.step_keys(key, steps), 1.0 / jax.vmap(schedule)(steps)))
         return sharding.constrain_replicated(state_and_infos, mesh)
 
-    state = init_state(params, optimizer)
-    snapshot = _loop.resume(checkpoint_dir, key, state)
-    state, history = _loop.run(
+    state, history = _loop.run_resumable(
         lambda state, length: run_chunk(state, key, length),
-        sharding.replicate(state if snapshot is None else snapshot.state, mesh),
+        init_state(params, optimizer),
         num_steps,
+        key=key,
+        checkpoint_dir=checkpoint_dir,
+        checkpoint_every=checkpoint_every,
+        mesh=mesh,
         chunk_size=chunk_size,
         progress=progress,
         on_nonfinite=on_nonfinite,
         callbacks=(callback,),
         description=f"reverse KL ({objective})",
-        history=None if snapshot is None else snapshot.history,
-        save=_loop.saver(checkpoint_dir, key),
-        checkpoint_every=checkpoint_every,
     )
     history["beta"] = np.asarray(jax.vmap(schedule)(jnp.arange(history["loss"].size)))
     return state.params, history
