@@ -1,4 +1,4 @@
-"""Trace-time input checks shared by the leaf bijectors (shapes are static, so these cost nothing)."""
+"""Trace-time input checks shared by the leaf bijectors, and the cast of their params to the event's dtype."""
 
 from __future__ import annotations
 
