@@ -69,6 +69,39 @@ def test_outputs_keep_the_event_dtype_whatever_the_params_dtype(name, event_dtyp
         y = jax.ShapeDtypeStruct(out[0].shape, event_dtype)
 
 
+DETERMINISTIC = [
+    pytest.param(name, marks=pytest.mark.xdist_group(name)) for name in NAMES
+    if not CASES[name](jax.random.key(0))[0].stochastic  # an estimator's gradient is unbiased, not its derivative
+]
+
+
+@pytest.mark.float64
+@pytest.mark.parametrize("name", DETERMINISTIC)
+def test_gradients_match_central_differences(name):
+    """Catches a wrong custom derivative, which the kit's finiteness check would let through."""
+    bijector, params, x, context = CASES[name](jax.random.key(0))
+    leaves, treedef = jax.tree.flatten(params)
+    keys = jax.random.split(jax.random.key(1), len(leaves) + 1)
+    param_step = jax.tree.unflatten(treedef, [jax.random.normal(k, jnp.shape(p)) for k, p in zip(keys, leaves)])
+
+    @functools.partial(jax.jit, static_argnums=0)
+    def slopes(direction, params, point, h=1e-5):
+        def loss(p, v):
+            out, log_det = jb.transform(bijector, direction, p, v, context)
+            return jnp.sum(jnp.sin(out)) + log_det
+
+        steps = (param_step, jax.random.normal(keys[-1], point.shape))
+        grads = jax.grad(loss, argnums=(0, 1))(params, point)
+        analytic = sum(jnp.vdot(g, d) for g, d in zip(jax.tree.leaves(grads), jax.tree.leaves(steps)))
+        moved = lambda sign: jax.tree.map(lambda a, d: a + sign * h * d, (params, point), steps)  # noqa: E731
+        return analytic, (loss(*moved(1.0)) - loss(*moved(-1.0))) / (2 * h)
+
+    y = bijector.forward(params, x, context)[0]
+    for direction, point in (("forward", x), ("inverse", y)):
+        analytic, numeric = slopes(direction, params, point)
+        np.testing.assert_allclose(analytic, numeric, rtol=1e-4, atol=1e-6, err_msg=f"{name} {direction}")
+
+
 # Cases built from layers whose fresh params are the identity (zero-initialised conditioners).
 IDENTITY_AT_INIT = [
     n for n in NAMES
