@@ -1,4 +1,5 @@
-"""chain order, invert, and stack: scan equals the Python loop, and the traced body does not grow with depth."""
+"""chain order, invert, stack (scan equals the Python loop, the traced body does not grow with depth), and the
+noisy-log-det wrapper of the test kit."""
 
 import operator
 
@@ -10,7 +11,7 @@ import pytest
 import jaxflow as jf
 from jaxflow import bijectors as jb
 from jaxflow.bijectors import base
-from jaxflow.testing import perturbed_params
+from jaxflow.testing import perturbed_params, with_noisy_log_det
 
 DIM = 4
 
@@ -197,3 +198,21 @@ def test_data_dependent_initialisation_through_a_stack_standardises_the_batch():
     first_out = jax.vmap(jb.actnorm(DIM).inverse, in_axes=(None, 0))(last[1], data)[0]
     np.testing.assert_allclose(first_out.mean(0), 0.0, atol=1e-4)
     np.testing.assert_allclose(first_out.std(0), 1.0, atol=1e-3)
+
+
+def test_with_noisy_log_det_keeps_the_values_and_adds_zero_mean_noise_from_the_key():
+    exact = jb.affine(DIM)
+    noisy, scale, draws = with_noisy_log_det(exact, scale=0.5), 0.5, 4000
+    params = perturbed_params(exact, jax.random.key(0), 0.3)
+    x = jax.random.normal(jax.random.key(1), (DIM,))
+    keys = jax.random.split(jax.random.key(2), draws)
+    for direction in ("forward", "inverse"):
+        y, log_det = getattr(exact, direction)(params, x)
+        ys, log_dets = jax.vmap(lambda k, d=direction: getattr(noisy, d)(params, x, key=k))(keys)
+        np.testing.assert_array_equal(ys, jnp.broadcast_to(y, ys.shape))
+        assert abs(float(jnp.mean(log_dets) - log_det)) < 4 * scale / np.sqrt(draws)
+        np.testing.assert_allclose(jnp.std(log_dets), scale, rtol=0.1)
+    with pytest.raises(ValueError, match="needs a PRNG key"):
+        base.transform(noisy, "forward", params, x)
+    with pytest.raises(ValueError, match="stochastic already"):
+        with_noisy_log_det(noisy)

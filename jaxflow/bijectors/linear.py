@@ -77,6 +77,8 @@ def linear(shape) -> Bijector:
     shape = as_shape(shape)
     channels = shape[-1]
 
+    shapes = {"weight": (channels, channels)}
+
     def init(key):
         del key
         return {"weight": jnp.eye(channels)}
@@ -84,13 +86,13 @@ def linear(shape) -> Bijector:
     def forward(params, x, context=None):
         del context
         x = check_event("linear", x, shape)
-        weight = checked_params("linear", params, {"weight": (channels, channels)}, x.dtype)["weight"]
+        weight = checked_params("linear", params, shapes, x.dtype)["weight"]
         return x @ weight.T, _positions(shape) * jnp.linalg.slogdet(weight)[1]
 
     def inverse(params, y, context=None):
         del context
         y = check_event("linear", y, shape)
-        weight = checked_params("linear", params, {"weight": (channels, channels)}, y.dtype)["weight"]
+        weight = checked_params("linear", params, shapes, y.dtype)["weight"]
         x = jnp.linalg.solve(weight, y.reshape(-1, channels).T).T
         return x.reshape(shape), -_positions(shape) * jnp.linalg.slogdet(weight)[1]
 
