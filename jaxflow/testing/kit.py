@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+from functools import partial
 
 import jax
 import jax.numpy as jnp
@@ -36,23 +37,33 @@ def _jacobian_log_det(fn, x):
     return jnp.linalg.slogdet(jacobian)[1]
 
 
+SLOPE_TOLERANCE = 1e-6  # relative, beyond the differences' own error
+SETTLED = 1e-3  # the largest relative error of central differences that still judges a gradient
+_NUM_STEPS = 11  # central-difference steps 1e-2 * 4**-k, k < 11: down to 1e-8
+
+
 # Every value the contract compares comes from one compiled program, which takes the
 # bijector as a static argument: checking one bijector at many inputs (hypothesis)
 # compiles it once, and one program compiles faster than one per check.
-@functools.partial(jax.jit, static_argnames=("bijector", "check_jacobian"))
-def _contract_values(bijector, params, x, batch, context, key, check_jacobian):
+@functools.partial(jax.jit, static_argnames=("bijector", "check_jacobian", "check_slopes"))
+def _contract_values(bijector, params, x, batch, context, key, check_jacobian, check_slopes):
     def forward(v):
         return transform(bijector, "forward", params, v, context, key)
 
     def inverse(v):
         return transform(bijector, "inverse", params, v, context, key)
 
-    def gradients(direction, point):
-        def loss(p, v):
-            out, log_det = transform(bijector, direction, p, v, context, key)
-            return jnp.sum(jnp.sin(out)) + log_det
+    def loss(direction, p, v):  # a scalar reading every output entry and the log-det
+        out, log_det = transform(bijector, direction, p, v, context, key)
+        weights = jax.random.normal(jax.random.key(2), out.shape, out.dtype)  # a constant
+        return jnp.vdot(weights, out) + log_det
 
-        return jax.grad(loss, argnums=(0, 1))(params, point)
+    # In float64 the gradients are taken in the event's dtype, which the layers compute in, so
+    # that neither float32 params nor their moves in the central differences round the slopes.
+    gradient_params = jax.tree.map(lambda a: jnp.asarray(a, x.dtype), params) if check_slopes else params
+
+    def gradients(direction, point):
+        return jax.grad(partial(loss, direction), argnums=(0, 1))(gradient_params, point)
 
     y, log_det = forward(x)
     x_back, inverse_log_det = inverse(y)
@@ -67,7 +78,56 @@ def _contract_values(bijector, params, x, batch, context, key, check_jacobian):
     if check_jacobian:
         values["forward_reference"] = _jacobian_log_det(lambda v: forward(v)[0], x)
         values["inverse_reference"] = _jacobian_log_det(lambda v: inverse(v)[0], y)
+    if check_slopes:
+        values["slopes"] = {
+            direction: _slopes(partial(loss, direction), values["gradients"][direction], gradient_params, point)
+            for direction, point in (("forward", x), ("inverse", y))
+        }
     return values
+
+
+def _slopes(loss, gradients, params, point):
+    """`loss`'s derivative along a random unit direction of (params, point), and how well differences know it.
+
+    Returns (slope from `gradients`, slope from central differences, the differences' error):
+    differences of steps h and h/4 for h from 1e-2 down to 1e-8, taking the pair that agree
+    best (numdifftools' choice of step), so that steep or only piecewise-smooth losses (a
+    spline's knots) are judged by the step where the differences have settled.
+    """
+    leaves, treedef = jax.tree.flatten((params, point))
+    keys = jax.random.split(jax.random.key(1), len(leaves))
+    draws = [jax.random.normal(k, jnp.shape(a), jnp.result_type(a)) for k, a in zip(keys, leaves)]
+    norm = jnp.sqrt(sum(jnp.sum(d**2) for d in draws))
+    direction = jax.tree.unflatten(treedef, [d / norm for d in draws])
+    analytic = sum(jnp.vdot(g, d) for g, d in zip(jax.tree.leaves(gradients), jax.tree.leaves(direction)))
+
+    def moved_loss(t):
+        return loss(*jax.tree.map(lambda a, d: a + t * d, (params, point), direction))
+
+    steps = 1e-2 * 0.25 ** jnp.arange(_NUM_STEPS, dtype=point.dtype)
+    losses = jax.vmap(moved_loss)(jnp.concatenate([steps, -steps]))
+    differences = (losses[:_NUM_STEPS] - losses[_NUM_STEPS:]) / (2 * steps)
+    errors = jnp.abs(jnp.diff(differences))  # D(h) - D(h/4), one per h but the last
+    best = jnp.argmin(jnp.where(jnp.isfinite(errors), errors, jnp.inf))
+    return analytic, differences[best + 1], errors[best]
+
+
+def _check_slope(name, analytic, numeric, error):
+    """The analytic slope lies within the differences' own error, where the differences have settled.
+
+    Where no two steps agree to `SETTLED` (a loss too steep at every step tried), the
+    differences say nothing and the check passes.
+    """
+    analytic, numeric, error = (float(v) for v in (analytic, numeric, error))
+    scale = 1.0 + abs(numeric)
+    if error > SETTLED * scale:
+        return
+    allowed = SLOPE_TOLERANCE * scale + error
+    if not abs(analytic - numeric) <= allowed:
+        raise AssertionError(
+            f"{name}: along a random direction the gradient gives a slope of {analytic:.10g}, central differences "
+            f"{numeric:.10g} (error about {error:.2g}); allowed difference {allowed:.3g}"
+        )
 
 
 def check_bijector(
@@ -88,7 +148,9 @@ def check_bijector(
     forward and inverse log-dets cancel; both log-dets match `slogdet(jacfwd(...))`
     (skip with `check_jacobian=False` for large events); jit equals eager, and in float64
     the eager inverse round-trips as the jitted one does; vmap over a batch equals one
-    call per row; gradients with respect to params and inputs are finite.
+    call per row; gradients with respect to params and inputs are finite, and, in float64
+    for a deterministic bijector, match central differences along a random direction (a
+    wrong custom derivative passes every other check).
 
     Args:
       bijector: the bijector under test.
@@ -122,7 +184,9 @@ def _check(bijector, params, x, context, key, tol, log_det_tol, check_jacobian):
         raise AssertionError(f"{label}: dtypes changed: x {x.dtype} -> y {y.dtype}, log_det {jnp.result_type(log_det)}")
 
     batch = jnp.stack([x, 0.5 * x, jnp.roll(x.reshape(-1), 1).reshape(x.shape)])
-    values = _contract_values(bijector, params, x, batch, context, key, check_jacobian)
+    # Central differences need float64; a stochastic log-det's gradient is unbiased, not its derivative.
+    check_slopes = x.dtype == jnp.float64 and not bijector.stochastic
+    values = _contract_values(bijector, params, x, batch, context, key, check_jacobian, check_slopes)
     _close(f"{label} jit forward == eager", values["y"], y, tol)
     _close(f"{label} jit forward log_det == eager", values["log_det"], log_det, log_det_tol)
 
@@ -148,3 +212,5 @@ def _check(bijector, params, x, context, key, tol, log_det_tol, check_jacobian):
 
     for direction in ("forward", "inverse"):
         _finite(f"{label} {direction} gradients (params, input)", values["gradients"][direction])
+        if check_slopes:
+            _check_slope(f"{label} {direction} gradient vs central differences", *values["slopes"][direction])
