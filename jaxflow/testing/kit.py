@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 from functools import partial
 
 import jax
@@ -45,7 +44,7 @@ _NUM_STEPS = 11  # central-difference steps 1e-2 * 4**-k, k < 11: down to 1e-8
 # Every value the contract compares comes from one compiled program, which takes the
 # bijector as a static argument: checking one bijector at many inputs (hypothesis)
 # compiles it once, and one program compiles faster than one per check.
-@functools.partial(jax.jit, static_argnames=("bijector", "check_jacobian", "check_slopes"))
+@partial(jax.jit, static_argnames=("bijector", "check_jacobian", "check_slopes"))
 def _contract_values(bijector, params, x, batch, context, key, check_jacobian, check_slopes):
     def forward(v):
         return transform(bijector, "forward", params, v, context, key)
