@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from jaxflow import flows
+from jaxflow.flows._layers import untransformed_entries
 
 BUILDERS = {
     "nice": flows.nice, "realnvp": flows.realnvp, "nsf_coupling": flows.nsf_coupling,
@@ -49,6 +50,36 @@ def test_unrolled_builder_computes_the_same_flow(name):
     params = jax.tree.map(lambda p: p + 0.1, looped.init(jax.random.key(0)))
     x = jax.random.normal(jax.random.key(1), (5, 3))
     np.testing.assert_allclose(unrolled.log_prob(params, x), looped.log_prob(params, x), rtol=1e-5, atol=1e-5)
+
+
+COUPLING_BUILDERS = ["flowpp", "nice", "nsf_coupling", "realnvp"]
+
+
+@pytest.mark.parametrize("name", COUPLING_BUILDERS)
+@pytest.mark.parametrize("seed", range(4))
+def test_coupling_flows_transform_every_entry(name, seed):
+    """Each base entry depends on some other data entry: no entry only passes through (seed 0 of dim 2 drew two
+    identity permutations before the draws were made to cover)."""
+    flow = BUILDERS[name](2, layers=2, hidden=(8,), seed=seed)
+    params = jax.tree.map(lambda p: p + 0.3, flow.init(jax.random.key(0)))
+    jacobian = jax.jacfwd(lambda x: flow.bijector.inverse(params["bijector"], x)[0])(jnp.array([0.3, -1.2]))
+    assert (np.count_nonzero(np.asarray(jacobian), axis=1) == 2).all(), jacobian
+
+
+def test_untransformed_entries_follow_each_permutation():
+    transformed = np.array([False, True, True])  # a coupling of dim 3 changes positions 1 and 2
+    identity, rotate = [0, 1, 2], [2, 0, 1]  # rotate: y[0] = x[2], y[1] = x[0], y[2] = x[1]
+    assert untransformed_entries(np.array([identity, identity]), transformed).tolist() == [0]
+    assert untransformed_entries(np.array([identity, rotate]), transformed).tolist() == [0]  # rotated after the last
+    assert untransformed_entries(np.array([rotate, identity]), transformed).tolist() == []  # entry 0 moves to 1
+
+
+@pytest.mark.parametrize("name", COUPLING_BUILDERS)
+def test_coupling_flows_refuse_to_stack_without_reordering(name):
+    with pytest.raises(ValueError, match="pass every coupling layer unchanged"):
+        BUILDERS[name](4, layers=2, hidden=(8,), permute="none")
+    BUILDERS[name](4, layers=1, hidden=(8,), permute="none")  # one coupling is a coupling
+    flows.maf(4, layers=2, hidden=(8,), permute="none")  # autoregressive layers change every entry
 
 
 def test_bad_configuration_is_refused():

@@ -2,8 +2,9 @@
 
 The coupling and autoregressive builders share keyword-only options: `layers`, `hidden` (widths of
 each layer's network), `context_dim` (conditional flows), `permute` ("random", "reverse" or "none"
-between layers), `seed` (of the random permutations) and `unroll` (layers per loop iteration,
-see `jaxflow.stack`: compile time for run time).
+between layers; coupling flows draw random permutations under which every entry is transformed by
+some layer, and refuse "none" for more than one layer), `seed` (of the random permutations) and
+`unroll` (layers per loop iteration, see `jaxflow.stack`: compile time for run time).
 """
 
 from jaxflow.flows.autoregressive import iaf, maf, nsf_autoregressive

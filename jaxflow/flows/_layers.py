@@ -13,7 +13,8 @@ from jaxflow.distributions import Flow, standard_normal
 
 
 def permuted_stack(
-    make_layer: Callable[[], Bijector], dim: int, num_layers: int, *, permute: str, seed: int, unroll: int | bool = 1
+    make_layer: Callable[[], Bijector], dim: int, num_layers: int, *, permute: str, seed: int, unroll: int | bool = 1,
+    transformed: np.ndarray | None = None,
 ) -> Bijector:
     """`num_layers` copies of `make_layer()`, each followed by a reordering, in one `lax.scan`.
 
@@ -22,9 +23,14 @@ def permuted_stack(
         constants), "reverse" (flip, the same every layer) or "none".
       seed: seed of the random permutations (configuration, not params).
       unroll: layers per loop iteration (see `stack`).
+      transformed: bool (dim,), the positions a layer changes (a coupling's non-identity
+        half); None when it changes all of them. Then the reorderings must bring every
+        entry into those positions at some layer: random permutations that leave one
+        out are drawn again (e.g. two identity permutations of dim 2: 1 in 2 seeds), and
+        "none" is refused for more than one layer.
     """
     if permute == "random":
-        perms = np.asarray(random_permutations(jax.random.key(seed), num_layers, dim), np.int32)
+        perms = _covering_permutations(jax.random.key(seed), num_layers, dim, transformed)
 
         def permuted_layer(orders):
             perm, inverse_perm = orders
@@ -34,8 +40,44 @@ def permuted_stack(
     if permute == "reverse":
         return stack(chain(make_layer(), reverse()), num_layers, unroll=unroll)
     if permute == "none":
+        if transformed is not None and num_layers > 1 and not transformed.all():
+            raise ValueError(
+                f"permute='none': without reordering, the entries at positions {np.flatnonzero(~transformed).tolist()} "
+                "pass every coupling layer unchanged; use permute='random' or 'reverse'."
+            )
         return stack(make_layer(), num_layers, unroll=unroll)
     raise ValueError(f"permute must be 'random', 'reverse' or 'none', got {permute!r}.")
+
+
+def _covering_permutations(key, num_layers: int, dim: int, transformed) -> np.ndarray:
+    """Random permutations (num_layers, dim) under which some layer transforms every entry.
+
+    The first draw is kept when it covers (so seeds keep their permutations); otherwise
+    draws continue from keys folded with the attempt number.
+    """
+    for attempt in range(_MAX_DRAWS):
+        draw_key = key if attempt == 0 else jax.random.fold_in(key, attempt)
+        perms = np.asarray(random_permutations(draw_key, num_layers, dim), np.int32)
+        if transformed is None or num_layers == 1 or not untransformed_entries(perms, transformed).size:
+            return perms
+    raise RuntimeError(f"no covering permutations in {_MAX_DRAWS} draws (dim {dim}, {num_layers} layers)")
+
+
+_MAX_DRAWS = 1000  # the worst case, dim 2 and 2 layers, fails one draw in two
+
+
+def untransformed_entries(perms: np.ndarray, transformed: np.ndarray) -> np.ndarray:
+    """Indices of the entries of a stack's input that no layer transforms.
+
+    Layer k changes the positions where `transformed` is True, then reorders with
+    `perms[k]` (y[i] = x[perms[k][i]]).
+    """
+    position = np.arange(transformed.size)  # where each input entry sits before the current layer
+    covered = np.zeros(transformed.size, bool)
+    for perm in perms:
+        covered |= transformed[position]
+        position = np.argsort(perm)[position]
+    return np.flatnonzero(~covered)
 
 
 def vector_flow(bijector: Bijector, dim: int, context_dim: int | None) -> Flow:

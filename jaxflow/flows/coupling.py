@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 from jaxflow.bijectors import transformers
 from jaxflow.bijectors.base import chain
-from jaxflow.bijectors.coupling import coupling
+from jaxflow.bijectors.coupling import coupling, half_mask
 from jaxflow.bijectors.elementwise import scale
 from jaxflow.bijectors.spline import rational_quadratic_spline
 from jaxflow.distributions import Flow
@@ -17,7 +17,9 @@ def _coupling_flow(dim, transformer, layers, hidden, context_dim, permute, seed,
     if dim < 2:
         raise ValueError(f"coupling flows need dim >= 2, got {dim}; use an autoregressive or element-wise flow.")
     make_layer = lambda: coupling(dim, transformer, hidden=hidden, context_dim=context_dim)  # noqa: E731
-    stacked = permuted_stack(make_layer, dim, layers, permute=permute, seed=seed, unroll=unroll)
+    stacked = permuted_stack(
+        make_layer, dim, layers, permute=permute, seed=seed, unroll=unroll, transformed=~half_mask(dim)
+    )
     return vector_flow(stacked, dim, context_dim)
 
 

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 from jaxflow.bijectors.actnorm import actnorm as actnorm_layer
 from jaxflow.bijectors.base import chain
-from jaxflow.bijectors.coupling import coupling
+from jaxflow.bijectors.coupling import coupling, half_mask
 from jaxflow.bijectors.mixture_cdf import logistic_mixture_cdf
 from jaxflow.distributions import Flow
 from jaxflow.flows._layers import permuted_stack, vector_flow
@@ -36,8 +36,9 @@ def flowpp(
 ) -> Flow:
     """Logistic-mixture CDF couplings, each with an ActNorm and a reordering, in one `lax.scan`.
 
-    Fresh params are the identity (zero-initialised conditioners, identity ActNorms);
-    `jaxflow.initialize_from_data` sets the ActNorms from a data batch.
+    With fresh params every coupling and ActNorm is the identity (zero-initialised
+    conditioners), so the flow is its reorderings alone and its density is the standard
+    normal base's; `jaxflow.initialize_from_data` sets the ActNorms from a data batch.
 
     Args:
       dim: event size, at least 2.
@@ -62,6 +63,8 @@ def flowpp(
         layer = coupling(dim, transformer, hidden=hidden, context_dim=context_dim)
         return chain(layer, actnorm_layer(dim), name=f"actnorm_{layer.name}") if actnorm else layer
 
-    stacked = permuted_stack(make_layer, dim, layers, permute=permute, seed=seed, unroll=unroll)
+    stacked = permuted_stack(
+        make_layer, dim, layers, permute=permute, seed=seed, unroll=unroll, transformed=~half_mask(dim)
+    )
     return vector_flow(stacked, dim, context_dim)
 
