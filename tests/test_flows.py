@@ -5,7 +5,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxflow import flows
+from jaxflow import flows, initialize_from_data, stack
+from jaxflow.bijectors.actnorm import actnorm
+from jaxflow.conditioners.mlp import MLP, from_linen, from_nnx
 from jaxflow.flows._layers import untransformed_entries
 
 BUILDERS = {
@@ -87,3 +89,42 @@ def test_bad_configuration_is_refused():
         flows.realnvp(4, permute="sideways")
     with pytest.raises(ValueError, match="dim >= 2"):
         flows.realnvp(1)
+
+
+@pytest.mark.parametrize(
+    "build, message",
+    [
+        (lambda: flows.realnvp(3, hidden=(0,)), r"mlp: hidden must be a sequence of positive ints .*got \(0,\)"),
+        (lambda: flows.realnvp(3, hidden=(-4,)), r"mlp: hidden must be .*got \(-4,\)"),
+        (lambda: flows.flowpp(3, hidden=64), "mlp: hidden must be a sequence of positive ints .*got 64"),
+        (lambda: flows.realnvp(3, context_dim=0), "mlp: context_dim must be None or a positive int, got 0"),
+        (lambda: flows.nsf_coupling(3, context_dim=-1), "mlp: context_dim must be None or a positive int, got -1"),
+        (lambda: from_linen(MLP((4,), 2), 3, context_dim=2.0), "from_linen: context_dim must be .*got 2.0"),
+        (lambda: from_nnx(lambda rngs: None, context_dim=0), "from_nnx: context_dim must be .*got 0"),
+        (lambda: flows.maf(3, hidden=64), "made: hidden must be a sequence of positive ints .*got 64"),
+        (lambda: flows.iaf(3, context_dim=0), "made: context_dim must be None or a positive int, got 0"),
+    ],
+)
+def test_bad_widths_and_context_dims_are_refused_at_build_time(build, message):
+    with pytest.raises(ValueError, match=message):
+        build()
+
+
+def test_actnorm_data_init_refuses_degenerate_batches():
+    layer = actnorm(3)
+    params = layer.init(jax.random.key(0))
+    with pytest.raises(ValueError, match=r"shape \(batch, \*event_shape\) = \(batch, 3\), got shape \(3,\)"):
+        initialize_from_data(layer, params, jnp.ones(3))
+    with pytest.raises(ValueError, match=r"at least 2 rows, got shape \(1, 3\)"):
+        initialize_from_data(layer, params, jnp.ones((1, 3)))
+
+
+def test_actnorm_data_init_leaves_constant_channels_unscaled_through_a_stack():
+    noise = jax.random.normal(jax.random.key(1), (256, 3))
+    batch = noise * jnp.array([2.0, 1e-3, 0.0]) + jnp.array([1.0, 0.0, 0.1])  # a tiny but real spread; a constant
+    layers = stack(actnorm(3), 3)
+    params, x = initialize_from_data(layers, layers.init(jax.random.key(0)), batch)
+    np.testing.assert_allclose(params["log_scale"][-1, :2], np.log(np.std(np.asarray(batch)[:, :2], axis=0)), rtol=1e-5)
+    np.testing.assert_array_equal(params["log_scale"][:, 2], 0.0)  # not 1 / rounding error, compounded per layer
+    np.testing.assert_allclose(x.std(axis=0)[:2], 1.0, rtol=1e-5)
+    np.testing.assert_allclose(x[:, 2], 0.0, atol=1e-7)

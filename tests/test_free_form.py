@@ -412,3 +412,14 @@ def test_bad_inputs_and_params_are_rejected(name):
     wrong = params | {key: jnp.zeros((7,))}
     with pytest.raises(ValueError, match=rf"params\['{key}'\] should have shape"):
         bijector.inverse(wrong, jnp.zeros(DIM))
+
+
+@pytest.mark.parametrize("solver", [bisection, solve_monotone])
+def test_nan_targets_give_nan_roots_and_leave_finite_targets_alone(solver):
+    equation = _tanh_equation(1.5, -0.2)
+    solve = functools.partial(solver, equation, lower=-5.0, upper=5.0)
+    roots = solve(jnp.array([jnp.nan, 0.5, -1.0]))
+    assert np.isnan(roots[0])
+    np.testing.assert_array_equal(roots[1:], solve(jnp.array([0.5, -1.0])))
+    slope = jax.grad(equation)(roots[1])
+    np.testing.assert_allclose(jax.grad(solve)(0.5), 1 / slope, rtol=1e-5)

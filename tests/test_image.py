@@ -136,6 +136,8 @@ def test_resnet_cnn_shapes_zero_start_and_context():
     assert shallow.apply(shallow.init(jax.random.key(0)), h).shape == (4, 4, 3)
     with pytest.raises(ValueError, match=r"\(H, W, C\)"):
         resnet_cnn((4, 4), 3)
+    with pytest.raises(ValueError, match="resnet_cnn: context_dim must be None or a positive int, got 0"):
+        resnet_cnn((4, 4, 2), 3, context_dim=0)
 
 
 @pytest.mark.parametrize(

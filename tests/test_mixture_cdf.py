@@ -172,6 +172,7 @@ def test_huge_inputs_give_finite_values_and_gradients(theta, x):
         (dict(num_components=0), "num_components"),
         (dict(num_components=2.0), "num_components"),
         (dict(max_log_scale=0.0), "max_log_scale"),
+        (dict(max_log_scale=float("inf")), "max_log_scale must be finite and positive, got inf"),
         (dict(closed_form="both"), "closed_form"),
     ],
 )

@@ -347,12 +347,14 @@ def test_a_stack_of_residual_blocks_gives_unbiased_log_probs_with_a_key():
         {"num_hutchinson_samples": 0},
         {"roulette_stop_probability": 1.0},
         {"hidden": (8, 0)},
+        {"hidden": 64},
+        {"context_dim": 0},
         {"fixed_point_tol": 0.0},
         {"fixed_point_max_iter": 0},
     ],
 )
 def test_bad_arguments_are_rejected(kwargs):
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=f"residual: {next(iter(kwargs))} must"):
         residual(DIM, **kwargs)
 
 

@@ -9,12 +9,16 @@ from jaxflow.bijectors.base import Bijector
 from jaxflow.bijectors.elementwise import affine_with_params
 
 
-def actnorm(shape, *, eps: float = 1e-6) -> Bijector:
+def actnorm(shape) -> Bijector:
     """Per-channel (last axis) scale and shift, with data-dependent initialisation.
 
-    Run `jaxflow.initialize_from_data(bijector, params, batch)` once before training:
-    it sets the params so that the batch leaves this layer (towards the base) with zero
-    mean and unit variance per channel. Params: {"shift": (C,), "log_scale": (C,)}.
+    Run `jaxflow.initialize_from_data(bijector, params, batch)` once before training, with
+    a batch of shape (batch, *shape) holding at least 2 rows: it sets the params so that
+    the batch leaves this layer (towards the base) with zero mean and unit variance per
+    channel. A channel constant in the batch up to rounding (std at most sqrt(eps) times
+    its mean's magnitude, eps that of the batch's dtype) is only shifted, with scale 1:
+    dividing by its std would give a scale of 1/rounding error, and stacked ActNorms would
+    multiply those. Params: {"shift": (C,), "log_scale": (C,)}.
 
     References: Kingma & Dhariwal (2018), Glow, https://arxiv.org/abs/1807.03039
     """
@@ -22,10 +26,27 @@ def actnorm(shape, *, eps: float = 1e-6) -> Bijector:
 
     def data_init(params, y, context=None):
         del params, context
-        y = check_event("actnorm", y, (y.shape[0], *shape) if y.ndim else shape, what="data batch")
+        y = _check_batch(y, shape)
         axes = tuple(range(y.ndim - 1))
-        mean = jnp.mean(y, axis=axes)
-        log_scale = jnp.log(jnp.std(y, axis=axes) + eps)
+        mean, std = jnp.mean(y, axis=axes), jnp.std(y, axis=axes)
+        constant = std <= jnp.sqrt(jnp.finfo(y.dtype).eps) * jnp.abs(mean)
+        log_scale = jnp.log(jnp.where(constant, 1.0, std))
         return {"shift": mean, "log_scale": log_scale}, (y - mean) * jnp.exp(-log_scale)
 
     return affine_with_params("actnorm", shape, shape[-1:])._replace(data_init=data_init)
+
+
+def _check_batch(y, shape: tuple[int, ...]):
+    """`y` as an array after checking it is a float batch of shape (batch, *shape) with at least 2 rows."""
+    y = check_event("actnorm", y, None, what="data batch")
+    if y.shape[1:] != shape:
+        raise ValueError(
+            f"actnorm: expected a data batch of shape (batch, *event_shape) = (batch, {', '.join(map(str, shape))}), "
+            f"got shape {y.shape}."
+        )
+    if y.shape[0] < 2:
+        raise ValueError(
+            f"actnorm: data-dependent init estimates each channel's scale from the batch and needs at least "
+            f"2 rows, got shape {y.shape}."
+        )
+    return y

@@ -119,7 +119,7 @@ def logistic_mixture_cdf(
 
     Args:
       num_components: K, the number of logistics in the mixture.
-      max_log_scale: bound on |log s_k|.
+      max_log_scale: bound on |log s_k|, finite and positive.
       min_scale: lower bound on the output scale a (as in `transformers.affine`).
       closed_form: "inverse" (Flow++: closed-form density, sampling by root finding)
         or "forward" (closed-form sampling, density by root finding).
@@ -157,7 +157,7 @@ def logistic_mixture_cdf(
 def _check_config(num_components, max_log_scale, closed_form):
     if isinstance(num_components, bool) or not isinstance(num_components, int) or num_components < 1:
         raise ValueError(f"logistic_mixture_cdf: num_components must be a positive int, got {num_components!r}.")
-    if not max_log_scale > 0:
-        raise ValueError(f"logistic_mixture_cdf: max_log_scale must be positive, got {max_log_scale!r}.")
+    if not (max_log_scale > 0 and np.isfinite(max_log_scale)):  # B tanh(raw / B) is NaN for B = inf
+        raise ValueError(f"logistic_mixture_cdf: max_log_scale must be finite and positive, got {max_log_scale!r}.")
     if closed_form not in _DIRECTIONS:
         raise ValueError(f"logistic_mixture_cdf: closed_form must be one of {_DIRECTIONS}, got {closed_form!r}.")

@@ -54,7 +54,8 @@ def bisection(
 
     Returns:
       x of the broadcast shape of `target`, `lower` and `upper`. If the bracket
-      does not contain the root, x converges to the end nearer to it.
+      does not contain the root, x converges to the end nearer to it. NaN where
+      `target` is NaN.
     """
     return _differentiable_root(_bisection_step, fn, target, lower, upper, tol, max_iter)
 
@@ -136,4 +137,5 @@ def _differentiable_root(step, fn, target, lower, upper, tol, max_iter):
     def tangent_solve(linearised, tangent):
         return tangent / linearised(jnp.ones_like(tangent))
 
-    return jax.lax.custom_root(residual, 0.5 * (lower + upper), solve, tangent_solve)
+    root = jax.lax.custom_root(residual, 0.5 * (lower + upper), solve, tangent_solve)
+    return jnp.where(jnp.isnan(target), jnp.nan, root)  # the loop would stop at a finite point for a NaN target

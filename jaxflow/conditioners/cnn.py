@@ -1,7 +1,9 @@
 """A small residual CNN conditioner for image coupling layers (events of shape (H, W, C)).
 
 The context, a vector, is broadcast over the spatial grid and joined as extra input
-channels. The last convolution starts at zero, so every fresh flow is the identity.
+channels. The last convolution starts at zero, so every fresh coupling layer it conditions
+is the identity; a fresh flow is then its other layers alone (for Glow, whose 1x1
+convolutions and ActNorms also start at the identity, the identity itself).
 
 References: He et al. (2016), https://arxiv.org/abs/1512.03385; Dinh et al. (2016),
 RealNVP, https://arxiv.org/abs/1605.08803
@@ -13,7 +15,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from jaxflow.bijectors._checks import as_shape, check_context, check_event
-from jaxflow.conditioners.mlp import Conditioner
+from jaxflow.conditioners.mlp import Conditioner, check_context_dim
 
 _KERNEL = (3, 3)
 
@@ -88,6 +90,7 @@ def resnet_cnn(
             f"resnet_cnn: need out_channels >= 1, hidden_channels >= 1 and num_blocks >= 0, "
             f"got {out_channels}, {hidden_channels} and {num_blocks}."
         )
+    context_dim = check_context_dim("resnet_cnn", context_dim)
     context_shape = None if context_dim is None else (context_dim,)
     module = ResNetCNN(hidden_channels, num_blocks, out_channels)
     example = _with_context(jnp.zeros(in_shape), None if context_shape is None else jnp.zeros(context_shape))

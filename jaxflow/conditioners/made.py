@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxflow.bijectors._checks import check_context, check_event
-from jaxflow.conditioners.mlp import Conditioner
+from jaxflow.conditioners.mlp import Conditioner, check_context_dim, check_hidden
 
 HIDDEN_DEGREES = ("sequential", "random")
 
@@ -181,9 +181,9 @@ def made(
       hidden_degrees: "sequential" or "random" (Germain et al.'s two schemes).
       key: PRNG key, needed for `hidden_degrees="random"`.
     """
-    hidden = tuple(hidden)
-    if dim < 1 or num_params < 1 or not all(width >= 1 for width in hidden):
-        raise ValueError(f"made: dim, num_params and widths must be positive, got {dim}, {num_params}, {hidden}.")
+    hidden, context_dim = check_hidden("made", hidden), check_context_dim("made", context_dim)
+    if dim < 1 or num_params < 1:
+        raise ValueError(f"made: dim and num_params must be positive, got {dim} and {num_params}.")
     order = check_order(dim, order)
     degrees = hidden_unit_degrees(dim, hidden, conditional=context_dim is not None, method=hidden_degrees, key=key)
     module = MADE(made_masks(order, num_params, degrees, context_dim or 0), activation)

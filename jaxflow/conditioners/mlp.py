@@ -6,7 +6,9 @@
       bind(params, positions=None)    -> (h, context=None) -> the same, params-only work done once
 
 Networks are Flax linen modules; only their params pytrees cross into bijectors. The
-last layer starts at zero, so every fresh flow is the identity.
+last layer starts at zero, so every fresh coupling or autoregressive layer is the identity:
+a fresh flow built from them is its permutations alone, and its density is its base's
+(the builders' standard normal is invariant under permutations).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from typing import NamedTuple
 
 import flax.linen as nn
 import jax.numpy as jnp
+import numpy as np
 
 from jaxflow.bijectors._checks import check_context
 
@@ -40,6 +43,24 @@ class Conditioner(NamedTuple):
         if self.bind is None:
             return functools.partial(self.apply, params)
         return self.bind(params, positions)
+
+
+def _is_positive_int(value) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool) and value >= 1
+
+
+def check_hidden(name: str, hidden) -> tuple[int, ...]:
+    """Returns the layer widths `hidden` as a tuple after checking that they are a sequence of positive ints."""
+    if not isinstance(hidden, Sequence) or not all(_is_positive_int(width) for width in hidden):
+        raise ValueError(f"{name}: hidden must be a sequence of positive ints (layer widths), got {hidden!r}.")
+    return tuple(int(width) for width in hidden)
+
+
+def check_context_dim(name: str, context_dim) -> int | None:
+    """Returns `context_dim` after checking that it is None (unconditional) or a positive int."""
+    if context_dim is not None and not _is_positive_int(context_dim):
+        raise ValueError(f"{name}: context_dim must be None or a positive int, got {context_dim!r}.")
+    return context_dim
 
 
 class MLP(nn.Module):
@@ -69,6 +90,7 @@ def from_linen(module: nn.Module, in_shape, *, context_dim: int | None = None) -
       context_dim: size of the context; None for an unconditional conditioner.
     """
     in_shape = (in_shape,) if isinstance(in_shape, int) else tuple(in_shape)
+    context_dim = check_context_dim("from_linen", context_dim)
     context_shape = None if context_dim is None else (context_dim,)
     example = jnp.zeros(in_shape)
     if context_shape is not None:
@@ -89,7 +111,8 @@ def mlp(
     context_dim: int | None = None,
 ) -> Conditioner:
     """A multilayer perceptron conditioner from `in_dim` (+ `context_dim`) to `out_dim`."""
-    return from_linen(MLP(tuple(hidden), out_dim, activation), (in_dim,), context_dim=context_dim)
+    module = MLP(check_hidden("mlp", hidden), out_dim, activation)
+    return from_linen(module, (in_dim,), context_dim=check_context_dim("mlp", context_dim))
 
 
 def from_nnx(make_module: Callable, *, context_dim: int | None = None) -> Conditioner:
@@ -99,6 +122,7 @@ def from_nnx(make_module: Callable, *, context_dim: int | None = None) -> Condit
     """
     from flax import nnx
 
+    context_dim = check_context_dim("from_nnx", context_dim)
     graphdef, _ = nnx.split(nnx.eval_shape(lambda: make_module(nnx.Rngs(0))))
     context_shape = None if context_dim is None else (context_dim,)
 

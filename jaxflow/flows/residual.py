@@ -46,12 +46,16 @@ def residual_flow(
       layers: number of residual blocks.
       hidden: widths of each block's hidden layers.
       activation: "lipswish", "elu" or "tanh".
-      lipschitz: bound on each block's Lip(g), in (0, 1). The roulette estimator's
-        variance is provably finite for lipschitz^2 < 1 - roulette_stop_probability.
+      lipschitz: bound on each block's Lip(g), in (0, 1).
       log_det: "exact" (dense Jacobian; small dim), "series" (truncated, biased) or
         "russian_roulette" (unbiased); see `jaxflow.bijectors.residual`.
       num_series_terms, num_hutchinson_samples, roulette_stop_probability: options of
-        the stochastic estimators, passed to `jaxflow.bijectors.residual.residual`.
+        the stochastic estimators, passed to `jaxflow.bijectors.residual.residual`. The
+        roulette estimate's variance is finite where every block's actual Jacobian norm q
+        at its input has q^2 < 1 - roulette_stop_probability; `lipschitz` only bounds q, so
+        roulette_stop_probability < 1 - lipschitz^2 guarantees it. The defaults (0.9 and
+        0.5, one extra term per estimate on average) favour speed and do not guarantee it:
+        at the bound that needs a stop probability below 0.19 (over 4 extra terms).
       actnorm: put an ActNorm before every block (data -> base), as both papers do.
       context_dim: size of the context for a conditional flow (fed to every g).
 
