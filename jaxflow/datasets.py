@@ -7,6 +7,7 @@ data, so nothing is downloaded.
 from __future__ import annotations
 
 import math
+import numbers
 
 import numpy as np
 
@@ -32,11 +33,15 @@ def digits(*, test_fraction: float = 0.2, seed: int = 0):
     """sklearn's 8x8 digits as integers 0..16: (train, test, train_labels, test_labels).
 
     Images are flattened to 64 values; use `dequantize_logit` to make them continuous.
+    `test_fraction`, in (0, 1), is the share of the images held out for testing,
+    rounded to a whole number of images and at least one on either side of the split.
     """
+    if isinstance(test_fraction, bool) or not isinstance(test_fraction, numbers.Real) or not 0 < test_fraction < 1:
+        raise ValueError(f"digits: test_fraction must be a number in (0, 1), got {test_fraction!r}.")
     bunch = _sklearn_datasets().load_digits()
     order = np.random.default_rng(seed).permutation(len(bunch.data))
     data, labels = bunch.data[order].astype(np.int32), bunch.target[order]
-    num_test = round(float(test_fraction) * len(data))
+    num_test = min(max(round(test_fraction * len(data)), 1), len(data) - 1)
     return data[num_test:], data[:num_test], labels[num_test:], labels[:num_test]
 
 

@@ -50,7 +50,7 @@ def uniform_dequantize(key, x, num_levels: int, dtype=None):
     """
     x = _check_integer_data("uniform_dequantize", x, num_levels)
     dtype = jnp.result_type(float) if dtype is None else dtype
-    return (x + jax.random.uniform(key, x.shape, dtype)) / num_levels
+    return _lift(x, jax.random.uniform(key, x.shape, dtype), num_levels)
 
 
 def variational_dequantization(flow_for_noise: Flow) -> Flow:
@@ -85,7 +85,7 @@ def uniform_dequantized_log_likelihood_bound(
     """Monte Carlo estimate of E_{u ~ U[0,1)^D}[log p((x + u) / L)] - D log L <= log P(x).
 
     Args:
-      key: PRNG key.
+      key: PRNG key, for the noise and for a stochastic model log-det.
       model_flow: an unconditional `Flow` whose density p lives on [0, 1]^D.
       model_params: its params.
       x_int: integer data of shape (*batch, *event_shape), values in [0, L).
@@ -97,8 +97,9 @@ def uniform_dequantized_log_likelihood_bound(
     """
     name = "uniform_dequantized_log_likelihood_bound"
     x_int, sample_shape = _prepare(name, model_flow, x_int, num_levels, num_samples)
-    u = jax.random.uniform(key, sample_shape + model_flow.event_shape, jnp.result_type(float))
-    return _bound(model_flow, model_params, x_int, num_levels, u, jnp.zeros(sample_shape, u.dtype))
+    noise_key, log_det_key = _noise_and_log_det_keys(model_flow, key)
+    u = jax.random.uniform(noise_key, sample_shape + model_flow.event_shape, jnp.result_type(float))
+    return _bound(model_flow, model_params, x_int, num_levels, u, jnp.zeros(sample_shape, u.dtype), log_det_key)
 
 
 def dequantized_log_likelihood_bound(
@@ -110,7 +111,7 @@ def dequantized_log_likelihood_bound(
     maximise its mean to fit both flows.
 
     Args:
-      key: PRNG key.
+      key: PRNG key, for the noise and for a stochastic model log-det.
       model_flow: an unconditional `Flow` whose density p lives on [0, 1]^D.
       model_params: its params.
       noise_flow: q(u | x), a conditional flow on (0, 1)^D from `variational_dequantization`,
@@ -131,8 +132,9 @@ def dequantized_log_likelihood_bound(
             f"got event shape {noise_flow.event_shape} and context shape {noise_flow.context_shape}."
         )
     context = jnp.broadcast_to(noise_context(x_int, num_levels), sample_shape + model_flow.event_shape)
-    u, log_q = noise_flow.sample_and_log_prob(noise_params, key, sample_shape, context)
-    return _bound(model_flow, model_params, x_int, num_levels, u, log_q)
+    noise_key, log_det_key = _noise_and_log_det_keys(model_flow, key)
+    u, log_q = noise_flow.sample_and_log_prob(noise_params, noise_key, sample_shape, context)
+    return _bound(model_flow, model_params, x_int, num_levels, u, log_q, log_det_key)
 
 
 def bits_per_dim(log_likelihood, num_dims: int):
@@ -142,9 +144,22 @@ def bits_per_dim(log_likelihood, num_dims: int):
     return -jnp.asarray(log_likelihood) / (num_dims * math.log(2.0))
 
 
-def _bound(model_flow, model_params, x_int, num_levels, u, log_q):
+def _lift(x, u, num_levels):
+    """(x + u) / L, kept below 1: rounding takes (L - 1 + u) / L to 1 for u close enough to 1."""
+    y = (x + u) / num_levels
+    return jnp.minimum(y, jnp.nextafter(jnp.ones((), y.dtype), jnp.zeros((), y.dtype)))
+
+
+def _noise_and_log_det_keys(model_flow, key):
+    """`key` split in two if the model estimates its log-det stochastically (a residual flow), else (key, None)."""
+    if model_flow.bijector.stochastic:
+        return tuple(jax.random.split(key))
+    return key, None
+
+
+def _bound(model_flow, model_params, x_int, num_levels, u, log_q, log_det_key):
     """Averages log p((x + u) / L) - log q over the leading sample axis and adds -D log L."""
-    log_p = model_flow.log_prob(model_params, (x_int + u) / num_levels)
+    log_p = model_flow.log_prob(model_params, _lift(x_int, u, num_levels), key=log_det_key)
     num_dims = math.prod(model_flow.event_shape)
     return jnp.mean(log_p - log_q, axis=0) - num_dims * math.log(num_levels)
 

@@ -70,6 +70,16 @@ def diagonal_normal(shape) -> Distribution:
     return Distribution(init, log_prob, sample, shape, "diagonal_normal")
 
 
+def _check_sample_shape(shape) -> tuple[int, ...]:
+    """`shape` as a tuple, after checking that it is a non-negative int or a tuple of them."""
+    dims = (shape,) if isinstance(shape, (int, np.integer)) else shape
+    if not isinstance(dims, (tuple, list)) or not all(
+        isinstance(d, (int, np.integer)) and not isinstance(d, bool) and d >= 0 for d in dims
+    ):
+        raise ValueError(f"Flow.sample: shape must be a non-negative int or a tuple of them, got {shape!r}.")
+    return tuple(int(d) for d in dims)
+
+
 class Flow(NamedTuple):
     """A normalising flow: `x = bijector.forward(z)` with `z ~ base`.
 
@@ -114,8 +124,7 @@ class Flow(NamedTuple):
 
     def sample_and_log_prob(self, params, key, shape=(), context=None):
         """Samples and their log q, from the forward pass alone (no inverse)."""
-        shape = as_shape(shape) if np.ndim(shape) == 0 else tuple(shape)
-        shape = self._sample_shape(shape, context)
+        shape = self._sample_shape(_check_sample_shape(shape), context)
         count = int(np.prod(shape))
         noise_key, bijector_key = jax.random.split(key)
         z = jax.vmap(self.base.sample, in_axes=(None, 0))(params["base"], jax.random.split(noise_key, count))
@@ -165,6 +174,14 @@ class Flow(NamedTuple):
         keys = None if key is None else jax.random.split(key, count)
         if context_batch:
             context = context.reshape(count, *self.context_shape)
-        context_axis = 0 if context_batch else None
-        out = jax.vmap(one, in_axes=(0, context_axis, None if keys is None else 0))(flat_x, context, keys)
+        if validation.is_enabled():
+            # Validation is a debug mode that trades speed for checks: checkify cannot check a
+            # lax.while_loop (root finding, fixed-point inverses) under vmap, so map events one by one.
+            def row(i):
+                return one(flat_x[i], context[i] if context_batch else context, None if keys is None else keys[i])
+
+            out = jax.lax.map(row, jnp.arange(count))
+        else:
+            context_axis = 0 if context_batch else None
+            out = jax.vmap(one, in_axes=(0, context_axis, None if keys is None else 0))(flat_x, context, keys)
         return jax.tree.map(lambda a: a.reshape(*batch_shape, *a.shape[1:]), out)

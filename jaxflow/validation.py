@@ -5,7 +5,9 @@
 
 `checked` traces the function with validation on and runs it under `jax.experimental.checkify`,
 JAX's functional error mechanism, so the checks work inside `jit`, `vmap`, `lax.scan` and
-`grad`. Outside `checked`, nothing is added to the computation.
+`grad`. Outside `checked`, nothing is added to the computation. Under `checked`, `Flow` maps
+the events of a batch with `lax.map` rather than `vmap` (checkify cannot check the `while_loop`s
+of root finding and fixed-point inverses under `vmap`): a debug mode, slower on large batches.
 """
 
 from __future__ import annotations

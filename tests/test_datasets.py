@@ -102,3 +102,16 @@ def test_integer_log_likelihood_rejects_bad_input():
         datasets.integer_log_likelihood(np.zeros(3), np.zeros(2), 64)
     with pytest.raises(ValueError, match="num_dims must be a positive int, got 0"):
         datasets.integer_log_likelihood(np.zeros(3), np.zeros(3), 0)
+
+
+@pytest.mark.parametrize("test_fraction", [0, 1, -0.2, 1.5, float("nan"), True, None])
+def test_digits_rejects_a_test_fraction_outside_zero_one(test_fraction):
+    with pytest.raises(ValueError, match=r"test_fraction must be a number in \(0, 1\), got"):
+        datasets.digits(test_fraction=test_fraction)
+
+
+@pytest.mark.parametrize(("test_fraction", "num_test"), [(1e-6, 1), (0.2, 359), (1 - 1e-6, 1796)])
+def test_digits_holds_out_a_rounded_share_with_an_image_on_either_side(test_fraction, num_test):
+    train, test, train_labels, test_labels = datasets.digits(test_fraction=test_fraction)
+    assert len(test) == len(test_labels) == num_test
+    assert len(train) == len(train_labels) == 1797 - num_test  # sklearn's digits: 1797 images

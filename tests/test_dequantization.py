@@ -20,6 +20,7 @@ from jaxflow.dequantization import (
     uniform_dequantized_log_likelihood_bound,
     variational_dequantization,
 )
+from jaxflow.testing import with_noisy_log_det
 
 
 def _piecewise_constant(pmf):
@@ -58,6 +59,44 @@ def test_uniform_dequantize_lands_in_the_cell_of_each_value():
     assert y.dtype == jnp.float32
     assert np.all(np.floor(np.asarray(y) * 256) == np.asarray(x))
     np.testing.assert_allclose(y.mean(0), (x + 0.5) / 256, atol=3e-4)
+
+
+def _noise_just_below_one(key, shape, dtype):
+    """Stands in for jax.random.uniform: the largest value below 1 it can draw, everywhere."""
+    del key
+    return jnp.full(shape, jnp.nextafter(jnp.ones((), dtype), jnp.zeros((), dtype)))
+
+
+def test_the_top_level_lifted_with_the_largest_noise_stays_below_one(monkeypatch):
+    monkeypatch.setattr(jax.random, "uniform", _noise_just_below_one)
+    top = jnp.float32(255) + _noise_just_below_one(None, (), jnp.float32)
+    assert top == 256, "precondition: in float32, 255 + u rounds up to 256 for this u"
+    y = np.asarray(uniform_dequantize(jax.random.key(0), jnp.array([0, 255]), 256, jnp.float32))
+    assert np.all(y < 1) and np.all(np.floor(y * 256) == [0, 255])
+    model, model_params = _logit_normal_flow([0.0], [1.0])  # logit(1) is infinite: log p(1) is not finite
+    bound = uniform_dequantized_log_likelihood_bound(jax.random.key(0), model, model_params, jnp.array([[255]]), 256)
+    assert np.all(np.isfinite(bound))
+
+
+@pytest.mark.parametrize("variational", [False, True])
+def test_bounds_pass_a_key_to_a_model_with_a_stochastic_log_det(variational):
+    # Both stochastic, so both split the key alike; only the first adds a N(0, 0.1^2) error to each log-det.
+    pmf = jnp.full((2, 4), 0.25)
+    noisy, exact = (jf.Flow(_piecewise_constant(pmf), with_noisy_log_det(jb.shift(2), scale)) for scale in (0.1, 0.0))
+    params, key, x = exact.init(jax.random.key(0)), jax.random.key(1), jnp.array([[1, 2], [3, 0], [0, 0]])
+    noise = variational_dequantization(
+        jf.Flow(jf.standard_normal(2), jb.affine_coupling(2, hidden=(4,), context_dim=2), context_shape=(2,))
+    )
+    noise_params = noise.init(jax.random.key(2))
+
+    def bound(model):
+        if variational:
+            return dequantized_log_likelihood_bound(key, model, params, noise, noise_params, x, 4)
+        return uniform_dequantized_log_likelihood_bound(key, model, params, x, 4)
+
+    error = np.asarray(jax.jit(lambda: bound(noisy) - bound(exact))())  # same u and log q: the log-det error
+    assert np.all(error != 0) and len(set(error.tolist())) == len(x), "one log-det key per data point"
+    assert np.all(np.abs(error) < 0.5)
 
 
 @pytest.mark.float64

@@ -109,3 +109,44 @@ def test_sampling_with_one_context_per_sample():
     np.testing.assert_allclose(flow.log_prob(params, x, contexts), log_q, rtol=1e-4, atol=1e-4)
     with pytest.raises(ValueError, match="does not match the context batch shape"):
         flow.sample(params, jax.random.key(3), (5,), context=contexts)
+
+
+@pytest.mark.parametrize("shape", [(-1,), (-2, -3), -1, 2.5, (3.7,), (True,), "3", None])
+def test_sample_rejects_a_shape_that_is_not_a_tuple_of_non_negative_ints(shape):
+    flow, params = _flow()
+    with pytest.raises(ValueError, match=r"shape must be a non-negative int or a tuple of them, got"):
+        flow.sample_and_log_prob(params, jax.random.key(0), shape)
+
+
+def test_sample_accepts_python_and_numpy_ints_as_shape():
+    flow, params = _flow()
+    assert flow.sample(params, jax.random.key(0), np.int64(3)).shape == (3, 2)
+    assert flow.sample(params, jax.random.key(0), (np.int32(2), 0)).shape == (2, 0, 2)
+
+
+# Checkify cannot check a lax.while_loop under vmap: validation mode maps a Flow's events one by one.
+def test_validation_mode_checks_the_log_prob_of_a_flow_inverted_by_root_finding():
+    flow = jf.flows.planar_flow(2, layers=2)
+    params = perturbed_params(flow, jax.random.key(0), 0.5)
+    x = jax.random.normal(jax.random.key(1), (3, 2))
+    checked = jf.validation.checked(flow.log_prob)(params, x)
+    np.testing.assert_allclose(checked, flow.log_prob(params, x), rtol=1e-6)
+
+
+def test_validation_mode_checks_the_samples_of_a_flow_with_an_iterative_inverse():
+    flow = jf.flows.flowpp(2, layers=2, hidden=(4,))
+    params = perturbed_params(flow, jax.random.key(2), 0.5)
+    x, log_q = jf.validation.checked(flow.sample_and_log_prob)(params, jax.random.key(3), (2, 2))
+    expected_x, expected_log_q = flow.sample_and_log_prob(params, jax.random.key(3), (2, 2))
+    assert x.shape == (2, 2, 2) and log_q.shape == (2, 2)
+    np.testing.assert_allclose(x, expected_x, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(log_q, expected_log_q, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("per_event", [False, True])
+def test_validation_mode_maps_shared_and_per_event_contexts_like_vmap(per_event):
+    flow, params = _conditional_flow()
+    x = jax.random.normal(jax.random.key(1), (4, 2))
+    context = jax.random.normal(jax.random.key(2), (4, 3) if per_event else (3,))
+    checked = jf.validation.checked(flow.log_prob)(params, x, context)
+    np.testing.assert_allclose(checked, flow.log_prob(params, x, context), rtol=1e-4)  # log q reaches -1e7

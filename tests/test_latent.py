@@ -73,3 +73,42 @@ def test_temperature_scales_the_latent_spread(model):
     np.testing.assert_allclose(z.std(0), 0.5, rtol=0.03)
     with pytest.raises(ValueError, match="positive"):
         latent.sample_with_temperature(flow, params, jax.random.key(3), 10, 0.0)
+
+
+def test_spherical_interpolation_from_a_zero_latent_is_linear_and_nan_free():
+    flow = jf.Flow(jf.standard_normal(3), jb.affine(3))
+    params = perturbed_params(flow, jax.random.key(0), 0.3)
+    zero_latent = params["bijector"]["shift"]  # encodes to z = 0 exactly
+    x_end = jnp.array([1.5, -2.0, 0.5])
+
+    @jax.jit
+    def paths_and_grad(x):
+        def spherical(x):
+            return latent.interpolate(flow, params, x, x_end, 5, spherical=True)
+
+        linear = latent.interpolate(flow, params, x, x_end, 5)
+        return latent.encode(flow, params, x[None]), spherical(x), linear, jax.grad(lambda x: spherical(x).sum())(x)
+
+    z, spherical, linear, grad = paths_and_grad(zero_latent)
+    assert not np.any(z), "precondition: a zero latent"
+    np.testing.assert_allclose(spherical, linear, atol=1e-6)
+    assert np.all(np.isfinite(grad))
+    # Ends in one direction (x_end's latent scaled by 2): cos = 1, where arccos's gradient is infinite.
+    parallel = params["bijector"]["shift"] + 2 * (x_end - params["bijector"]["shift"])
+    _, spherical, linear, grad = paths_and_grad(parallel)
+    np.testing.assert_allclose(spherical, linear, rtol=1e-5, atol=1e-5)
+    assert np.all(np.isfinite(grad))
+
+
+def test_temperature_can_be_traced_under_jit_and_vmap(model):
+    flow, params = model
+
+    def sample(temperature):
+        return latent.sample_with_temperature(flow, params, jax.random.key(4), 8, temperature)
+
+    batched = jax.vmap(sample)(jnp.array([0.5, 1.0]))
+    assert batched.shape == (2, 8, 3)
+    np.testing.assert_allclose(batched[1], sample(1.0), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(jax.jit(sample)(0.5), sample(0.5), rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="positive, got nan"):
+        sample(float("nan"))
