@@ -1,7 +1,9 @@
 """Files of the `jaxflow` command line: numeric tables (CSV/NPY) read with clear errors, results, figures.
 
-A CSV file may have a header row: it has one when no cell of its first non-blank
-line is a number. Columns are chosen by a `ColumnChooser`,
+A text table is comma-separated (.csv), tab-separated (.tsv), or either comma- or
+whitespace-separated (.txt, as `np.savetxt` writes by default): whitespace when its
+first non-blank line has no comma. It may have a header row: it has one when no cell
+of its first non-blank line is a number. Columns are chosen by a `ColumnChooser`,
 `(header or None, width) -> (indices, names or None)`, so that only the chosen
 columns need to be numeric (an id or label column may stay text).
 """
@@ -9,6 +11,7 @@ columns need to be numeric (an id or label column may stay text).
 from __future__ import annotations
 
 import csv
+import io
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -58,13 +61,12 @@ def columns_from_option(spec: str | None) -> ColumnChooser:
         raise CliError(f"--columns {spec!r}: expected distinct, comma-separated names or indices, e.g. --columns x,y")
 
     def choose(header, width):
-        if tokens is None:
-            return list(range(width)), header
-        indices = [_column_index(token, header, width) for token in tokens]
-        missing = [token for token, index in zip(tokens, indices) if index is None]
-        if missing:
-            raise CliError(_missing_columns_message(missing, header, width))
-        return indices, None if header is None else [header[i] for i in indices]
+        indices = list(range(width)) if tokens is None else _column_indices(tokens, header, width)
+        if header is None:
+            return indices, None
+        names = [header[i] for i in indices]
+        _check_findable(names, header)
+        return indices, names
 
     return choose
 
@@ -75,7 +77,7 @@ def columns_like(names: list[str] | None, indices: list[int], width: int) -> Col
 
     def choose(header, file_width):
         if header is not None and names is not None:
-            return columns_from_option(",".join(names))(header, file_width)
+            return _named_columns(names, header), names
         if file_width == len(indices):
             return list(range(file_width)), header
         if file_width == width:
@@ -105,8 +107,16 @@ def write_table(path, values: np.ndarray, names: Sequence[str] | None) -> None:
     if path.suffix.lower() == ".npy":
         atomic_write(path, lambda f: np.save(f, values))
     else:
-        header = ",".join(names or ())
-        atomic_write(path, lambda f: np.savetxt(f, values, fmt="%.9g", delimiter=",", header=header, comments=""))
+        header = _csv_line(names or ())
+        # "%s": the shortest text that reads back as the same float32 or float64 (values are never rounded)
+        atomic_write(path, lambda f: np.savetxt(f, values, fmt="%s", delimiter=",", header=header, comments=""))
+
+
+def _csv_line(cells: Sequence[str]) -> str:
+    """One CSV line without its line end; a cell holding a comma is quoted."""
+    line = io.StringIO()
+    csv.writer(line, lineterminator="").writerow(cells)
+    return line.getvalue()
 
 
 def atomic_write(path, write: Callable) -> None:
@@ -205,19 +215,27 @@ def _read_text(path, choose) -> Table:
 
 
 def _nonblank_rows(path) -> tuple[list[int], list[list[str]]]:
-    """(line numbers, rows of cells) of the non-blank lines; tab-separated for .tsv, else comma-separated."""
-    delimiter = "\t" if path.suffix.lower() == ".tsv" else ","
+    """(line numbers, rows of cells) of the non-blank lines, split as the module docstring says."""
     lines, rows = [], []
     try:
         with open(path, newline="", encoding="utf-8-sig") as f:
-            reader = csv.reader(f, delimiter=delimiter)
-            for row in reader:
+            for line, row in _split_lines(f.read(), path.suffix.lower()):
                 if any(cell.strip() for cell in row):
-                    lines.append(reader.line_num)
+                    lines.append(line)
                     rows.append([cell.strip() for cell in row])
     except (UnicodeDecodeError, csv.Error) as error:
         raise CliError(f"{path}: not a readable text table ({error})") from None
     return lines, rows
+
+
+def _split_lines(text: str, suffix: str):
+    """(line number, cells) of each line of a text table: whitespace-separated for a .txt without a comma in its first
+    non-blank line, tab-separated for .tsv, else comma-separated."""
+    first = next((line for line in text.splitlines() if line.strip()), "")
+    if suffix == ".txt" and "," not in first:
+        return enumerate((line.split() for line in text.splitlines()), start=1)
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter="\t" if suffix == ".tsv" else ",")
+    return ((reader.line_num, row) for row in reader)
 
 
 def _is_number(cell: str) -> bool:
@@ -259,12 +277,41 @@ def _check_finite(path, values, where: Callable[[int], str]) -> None:
         )
 
 
+def _column_indices(tokens: list[str], header, width) -> list[int]:
+    """The positions of the columns `tokens` name (header names, else 0-based indices); CliError if one is missing."""
+    indices = [_column_index(token, header, width) for token in tokens]
+    missing = [token for token, index in zip(tokens, indices) if index is None]
+    if missing:
+        raise CliError(_missing_columns_message(missing, header, width))
+    return indices
+
+
 def _column_index(token: str, header, width) -> int | None:
     if header is not None and token in header:
         return header.index(token)
     if token.isdigit() and int(token) < width:
         return int(token)
     return None
+
+
+def _named_columns(names: list[str], header: list[str]) -> list[int]:
+    """The positions of `names` in `header`; CliError if one is missing or not unique."""
+    missing = [name for name in names if name not in header]
+    if missing:
+        raise CliError(_missing_columns_message(missing, header, len(header)))
+    _check_findable(names, header)
+    return [header.index(name) for name in names]
+
+
+def _check_findable(names: list[str], header: list[str]) -> None:
+    """CliError unless each of `names` is non-empty and names one column of `header` (runs find columns by name)."""
+    for name in names:
+        if not name or header.count(name) > 1:
+            what = "an empty header name" if not name else f"header name {name!r} is used by more than one column"
+            raise CliError(
+                f"{what}: the columns a run is fit on need distinct, non-empty names; rename them, or give a file "
+                "without a header"
+            )
 
 
 def _missing_columns_message(missing, header, width) -> str:

@@ -3,10 +3,11 @@
 A run directory RUN holds
 
     config.json    the flow and its options, the columns, the data's shape and hash,
-                   the standardisation, the training options and step budget
+                   the standardisation (float64 mean and sd: the flow sees (x - mean) / sd),
+                   the training options and step budget
     params.npz     the fitted params: one array per pytree leaf, "leaf_00000", ...
                    in `jax.tree.leaves` order (read with allow_pickle=False)
-    history.json   per-step loss, gradient norm and skipped flag; validation losses;
+    history.json   per-step loss (in the data's units), gradient norm and skipped flag; validation losses;
                    best step; whether early stopping ended the run
     checkpoints/   the newest training checkpoints (`jaxflow.checkpoint`, written by
                    `forward_kl.fit(checkpoint_dir=...)`, each complete or ignored)
@@ -34,7 +35,6 @@ from pathlib import Path
 from typing import NamedTuple
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 
@@ -54,33 +54,58 @@ class Staged(NamedTuple):
 
 
 def train(model, config: dict, train_rows, valid_rows, directory: Path, progress: bool) -> tuple[dict, dict]:
-    """`forward_kl.fit` with checkpoints in directory/checkpoints (resuming from the newest); (params, history.json)."""
+    """`forward_kl.fit` of `model` to the standardised rows, with checkpoints in directory/checkpoints (resuming from
+    the newest); (params, history.json)."""
     options = config["training"]
     init_key, fit_key = jax.random.split(jax.random.key(options["seed"]))
     try:
         params, history = forward_kl.fit(
-            fit_key, model, model.init(init_key), jnp.asarray(train_rows, jnp.float32),
+            fit_key, model, model.init(init_key), standardise(config, train_rows),
             optimizer=optax.adam(options["learning_rate"]), clip_norm=options["clip_norm"],
             batch_size=options["batch_size"], num_steps=config["budget"]["num_steps"], validation_fraction=0.0,
-            validation_data=None if valid_rows is None else jnp.asarray(valid_rows, jnp.float32),
+            validation_data=None if valid_rows is None else standardise(config, valid_rows),
             patience=options["patience"], chunk_size=options["eval_every"], progress=progress,
             checkpoint_dir=directory / CHECKPOINTS, checkpoint_every=config["checkpoint_every"],
         )
     except ValueError as error:  # a checkpoint beyond the step budget, or one of another model
         raise CliError(f"cannot resume from {directory / CHECKPOINTS}: {error}") from None
-    return params, _history_json(history, config["budget"]["num_steps"])
+    return params, _history_json(history, config["budget"]["num_steps"], -standardise_log_det(config))
 
 
-def _history_json(history: dict, num_steps: int) -> dict:
-    """history.json: per-step lists (null for a non-finite value), validation record, best step, early stop."""
-    as_list = lambda values: [float(v) if np.isfinite(v) else None for v in values]  # noqa: E731
+def standardise(config: dict, rows) -> np.ndarray:
+    """float32 rows in the flow's units, (rows - mean) / sd computed in float64: in float32, a column like
+    1e7 + N(0, 0.5^2) would be rounded to a few values before it is scaled."""
+    mean, sd = _scaling(config)
+    return ((np.asarray(rows, np.float64) - mean) / sd).astype(np.float32)
+
+
+def unstandardise(config: dict, z) -> np.ndarray:
+    """float64 rows in the data's units from rows in the flow's, the inverse of `standardise`."""
+    mean, sd = _scaling(config)
+    return mean + sd * np.asarray(z, np.float64)
+
+
+def standardise_log_det(config: dict) -> float:
+    """log |det| of `standardise`, -sum(log sd): a density in the data's units is the flow's times exp of this."""
+    return float(-np.log(_scaling(config)[1]).sum())
+
+
+def _scaling(config: dict) -> tuple[np.ndarray, np.ndarray]:
+    scaling = config["standardisation"]
+    return np.asarray(scaling["mean"], np.float64), np.asarray(scaling["sd"], np.float64)
+
+
+def _history_json(history: dict, num_steps: int, shift: float) -> dict:
+    """history.json: per-step lists (null for a non-finite value), validation record, best step, early stop; the
+    losses in the data's units, the flow's plus `shift`."""
+    as_list = lambda values, plus=0.0: [float(v) + plus if np.isfinite(v) else None for v in values]  # noqa: E731
     summary = {
         "num_steps": len(history["loss"]),
         "stopped_early": len(history["loss"]) < num_steps,
-        "loss": as_list(history["loss"]),
+        "loss": as_list(history["loss"], shift),
         "grad_norm": as_list(history["grad_norm"]),
         "skipped": history["skipped"].tolist(),
-        "validation_loss": as_list(history["validation_loss"]),
+        "validation_loss": as_list(history["validation_loss"], shift),
         "validation_step": history["validation_step"].tolist(),
         "best_step": int(history["best_step"]),
     }

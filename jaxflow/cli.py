@@ -6,9 +6,10 @@
     jaxflow plot runs/xy --data data.csv -o pairs.png
     jaxflow bench --suite quick
 
-(or `python -m jaxflow.cli ...`). `fit` standardises every column with the mean and sd of the training rows and
-saves the flow chained with that fixed affine map, so a run is a density in the
-data's own units: `log-prob` includes the log-det of the standardisation. Running
+(or `python -m jaxflow.cli ...`). `fit` standardises every column with the mean and sd of the training rows, in
+float64 on the host, and fits the flow to the standardised rows; `sample` and
+`log-prob` map back in float64, so a run is a density in the data's own units:
+`log-prob` includes the log-det of the standardisation. Running
 the same `fit` again resumes it; run directories are described in `jaxflow._cli_run`.
 Bad input ends with one line, "jaxflow: error: ...", on stderr and exit status 2.
 """
@@ -20,11 +21,11 @@ import hashlib
 import importlib
 import inspect
 import json
+import math
 import sys
 from pathlib import Path
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 import jaxflow
@@ -64,7 +65,7 @@ def main(argv=None) -> int:
 
 
 def build_model(config: dict) -> jaxflow.Flow:
-    """The flow a run's config describes: the named flow, then the fixed map from standardised to data units."""
+    """The flow a run's config describes, on standardised rows (`_cli_run.standardise`)."""
     dim = len(config["columns"]["indices"])
     options = {name: tuple(v) if isinstance(v, list) else v for name, v in config["flow_options"].items()}
     if config["flow"] not in FLOWS:
@@ -73,10 +74,7 @@ def build_model(config: dict) -> jaxflow.Flow:
         flow = FLOWS[config["flow"]](dim, **options)
     except (TypeError, ValueError) as error:
         raise CliError(f"flow {config['flow']} on {dim} column(s): {error}") from None
-    scaling = config["standardisation"]
-    mean, sd = (jnp.asarray(scaling[name], jnp.float32) for name in ("mean", "sd"))
-    unstandardise = jaxflow.freeze(jaxflow.bijectors.affine(dim), jaxflow.bijectors.affine_params(mean, sd))
-    return flow._replace(bijector=jaxflow.chain(flow.bijector, unstandardise, name="unstandardised"))
+    return flow
 
 
 def _fit(args, extra) -> None:
@@ -101,9 +99,19 @@ def _fit(args, extra) -> None:
     runs.save_arrays(staged.directory / runs.PARAMS, runs.tree_arrays("leaf", params))
     runs.write_json(staged.directory / runs.HISTORY, history)
     runs.publish(staged.directory, out)
+    print(f"jaxflow: wrote {out} ({_fit_summary(history)})")
+
+
+def _fit_summary(history: dict) -> str:
+    """Steps taken, skipped ones, and the best validation loss, of a history.json."""
+    summary = f"{history['num_steps']} steps"
+    skipped = sum(history["skipped"])
+    if skipped:
+        summary += f", {skipped} of them skipped for a non-finite loss or gradient, a lower --lr may help"
     best = history.get("best_validation_loss")
-    best = "" if best is None else f", best validation loss {best:.4f} at step {history['best_step']}"
-    print(f"jaxflow: wrote {out} ({history['num_steps']} steps{best})")
+    if best is not None:
+        summary += f", best validation loss {best:.4f} at step {history['best_step']}"
+    return summary
 
 
 def _fit_config(args, flow: tuple[str, dict], table: Table, train_rows: np.ndarray) -> dict:
@@ -182,35 +190,39 @@ def _column_labels(config: dict) -> list[str]:
     return config["columns"]["names"] or [f"column {i}" for i in config["columns"]["indices"]]
 
 
-def _draw(model, params, count: int, seed: int) -> np.ndarray:
-    """(count, dim) samples, drawn in blocks of at most 65536 (one compilation)."""
+def _draw(config, model, params, count: int, seed: int) -> np.ndarray:
+    """(count, dim) float64 samples in the data's units, drawn in blocks of at most 65536 (one compilation)."""
     block = min(count, 65536)
     sample = jax.jit(model.sample, static_argnums=2)
     keys = jax.random.split(jax.random.key(seed), -(-count // block))
-    return np.concatenate([np.asarray(sample(params, key, (block,))) for key in keys])[:count]
+    z = np.concatenate([np.asarray(sample(params, key, (block,))) for key in keys])[:count]
+    return runs.unstandardise(config, z)
 
 
-def _score(model, params, x: np.ndarray) -> np.ndarray:
-    """log q(x) per row, in blocks of at most 8192 rows (the last padded: one compilation)."""
+def _score(config, model, params, x: np.ndarray) -> np.ndarray:
+    """float64 log q(x) per row in the data's units, in blocks of at most 8192 rows (the last padded: one
+    compilation)."""
     block = min(len(x), 8192)
-    padded = np.concatenate([x, np.repeat(x[:1], -len(x) % block, axis=0)]).astype(np.float32)
+    z = runs.standardise(config, x)
+    padded = np.concatenate([z, np.repeat(z[:1], -len(z) % block, axis=0)])
     log_prob = jax.jit(model.log_prob)
     blocks = np.split(padded, len(padded) // block)
-    return np.concatenate([np.asarray(log_prob(params, rows)) for rows in blocks])[: len(x)]
+    log_q = np.concatenate([np.asarray(log_prob(params, rows), np.float64) for rows in blocks])[: len(x)]
+    return log_q + runs.standardise_log_det(config)
 
 
 def _sample(args, extra) -> None:
     del extra
     checked_output(args.output)
     config, model, params = _load_run(args.run)
-    write_table(args.output, _draw(model, params, args.n, args.seed), config["columns"]["names"])
+    write_table(args.output, _draw(config, model, params, args.n, args.seed), config["columns"]["names"])
 
 
 def _log_prob(args, extra) -> None:
     del extra
     checked_output(args.output)
     config, model, params = _load_run(args.run)
-    write_table(args.output, _score(model, params, _read_like_run(args.data, config)), ["log_prob"])
+    write_table(args.output, _score(config, model, params, _read_like_run(args.data, config)), ["log_prob"])
 
 
 def _plot(args, extra) -> None:
@@ -218,7 +230,7 @@ def _plot(args, extra) -> None:
     output = checked_output(args.output, image_formats())
     config, model, params = _load_run(args.run)
     data = None if args.data is None else _read_like_run(args.data, config)
-    samples = _draw(model, params, args.samples, args.seed)
+    samples = _draw(config, model, params, args.samples, args.seed)
     labels = _column_labels(config)
     if len(labels) > MAX_PLOT_COLUMNS:
         print(f"jaxflow: plotting the first {MAX_PLOT_COLUMNS} of {len(labels)} columns", file=sys.stderr)
@@ -250,17 +262,28 @@ class _Parser(argparse.ArgumentParser):
         raise CliError(f"{message} (see `{self.prog} --help`)")
 
 
-def _positive(kind):
+def _argument_type(kind, accepts, expected: str):
+    """An argparse type: `kind(text)` if `accepts` it, else the error "expected {expected}, got {text!r}"."""
+
     def parse(text):
         try:
             value = kind(text)
+            accepted = accepts(value)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a positive {kind.__name__}, got {text!r}") from None
-        if not value > 0:
-            raise argparse.ArgumentTypeError(f"expected a positive {kind.__name__}, got {text!r}")
+            accepted = False
+        if not accepted:
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
         return value
 
     return parse
+
+
+def _positive(kind):
+    """The argparse type of a positive, finite int or float."""
+    return _argument_type(kind, lambda value: 0 < value < math.inf, f"a positive, finite {kind.__name__}")
+
+
+_seed = _argument_type(int, lambda value: 0 <= value < 2**32, f"an integer from 0 to {2**32 - 1}")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -269,7 +292,8 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     fit = commands.add_parser("fit", help="fit a flow to the rows of a .csv or .npy file (resumable)")
-    fit.add_argument("data", metavar="DATA", help=".csv/.tsv/.txt (header row optional) or .npy")
+    fit.add_argument("data", metavar="DATA",
+                     help=".csv/.tsv/.txt (header row optional; a .txt may be whitespace-separated) or .npy")
     fit.add_argument("--out", required=True, metavar="RUN", help="run directory to write (or resume)")
     fit.add_argument("--flow", choices=sorted(FLOWS), default="nsf")
     fit.add_argument("--layers", type=_positive(int))
@@ -290,7 +314,7 @@ def _parser() -> argparse.ArgumentParser:
                      help="stop after this many evaluations without a better validation loss")
     fit.add_argument("--checkpoint-every", type=_positive(int), default=1000, metavar="STEPS",
                      help="steps between checkpoints (rounded up to a multiple of --eval-every)")
-    fit.add_argument("--seed", type=int, default=0,
+    fit.add_argument("--seed", type=_seed, default=0,
                      help="seed of the split, the init, the batches and the permutations")
     fit.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     fit.set_defaults(handler=_fit)
@@ -299,7 +323,7 @@ def _parser() -> argparse.ArgumentParser:
     sample.add_argument("run", metavar="RUN")
     sample.add_argument("-n", type=_positive(int), required=True, help="number of samples")
     sample.add_argument("-o", "--output", required=True, help=".csv or .npy")
-    sample.add_argument("--seed", type=int, default=0)
+    sample.add_argument("--seed", type=_seed, default=0)
     sample.set_defaults(handler=_sample)
 
     log_prob = commands.add_parser("log-prob", help="log density of each row of DATA, in the data's units")
@@ -313,7 +337,7 @@ def _parser() -> argparse.ArgumentParser:
     plot.add_argument("--data", help="data to overlay, read like log-prob's DATA")
     plot.add_argument("-o", "--output", required=True, help="image file, e.g. pairs.png")
     plot.add_argument("--samples", type=_positive(int), default=2000)
-    plot.add_argument("--seed", type=int, default=0)
+    plot.add_argument("--seed", type=_seed, default=0)
     plot.set_defaults(handler=_plot)
 
     bench = commands.add_parser("bench", add_help=False, help="the benchmark suite (options go to benchmarks.run)")

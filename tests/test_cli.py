@@ -17,7 +17,8 @@ from scipy import stats
 CLI = [sys.executable, "-m", "jaxflow.cli"]
 TINY_FLOW = ["--flow", "maf", "--layers", "1", "--hidden", "4", "--batch-size", "64"]
 EVERY_20_STEPS = ["--eval-every", "20", "--checkpoint-every", "20"]
-MEAN, SD = np.array([10.0, -5.0]), np.array([2.0, 4.0])  # the log-det of standardising is log 8, not 0
+# float32 holds neither a's spread about its mean nor b's sd; the log-det of standardising is about 105, not 0
+MEAN, SD = np.array([1e7, -5e-46]), np.array([0.5, 4e-46])
 TIMEOUT_S = 300
 
 
@@ -35,19 +36,25 @@ def write_csv(path, header, rows):
     return path
 
 
+def assert_one_line_error(expected, returncode, stderr):
+    assert returncode == 2, (expected, stderr)
+    assert stderr.startswith("jaxflow: error: ") and stderr.count("\n") == 1, stderr
+    assert expected in stderr and "Traceback" not in stderr, (expected, stderr)
+
+
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    """data.csv: columns a, label (text), b; a ~ N(10, 2^2), b ~ N(-5, 4^2), 500 rows."""
+    """data.csv: columns "a, in m" (a name holding a comma), label (text), b; (a, b) ~ N(MEAN, SD^2), 500 rows."""
     values = np.random.default_rng(0).normal(MEAN, SD, size=(500, 2))
     rows = [f"{a:.17g},cat,{b:.17g}" for a, b in values]
-    return write_csv(tmp_path_factory.mktemp("data") / "data.csv", "a,label,b", rows), values
+    return write_csv(tmp_path_factory.mktemp("data") / "data.csv", '"a, in m",label,b', rows), values
 
 
 @pytest.fixture(scope="module")
 def resumed(data, tmp_path_factory):
     """A fit killed after its first checkpoint, then resumed by the same command with a budget of 40 more steps."""
     out = tmp_path_factory.mktemp("runs") / "run"
-    fit = ["fit", data[0], "--columns", "a,b", *TINY_FLOW, *EVERY_20_STEPS, "--out", out, "--no-progress"]
+    fit = ["fit", data[0], "--columns", "0,2", *TINY_FLOW, *EVERY_20_STEPS, "--out", out, "--no-progress"]
     killed = subprocess.Popen([*CLI, *map(str, fit), "--steps", "1000000"], stderr=subprocess.PIPE)
     try:
         deadline = time.monotonic() + TIMEOUT_S
@@ -73,7 +80,7 @@ def test_resume_continues_from_the_checkpoint_of_a_killed_fit(resumed):
     assert max(checkpoint_steps(".", out)) == killed_at + 40
     assert not list(out.parent.glob("run.*")), "a temporary run folder was left behind"
     config = json.loads((out / "config.json").read_text())
-    assert config["columns"] == {"names": ["a", "b"], "indices": [0, 2], "file_width": 3}
+    assert config["columns"] == {"names": ["a, in m", "b"], "indices": [0, 2], "file_width": 3}
     assert config["flow"] == "maf" and config["flow_options"]["hidden"] == [4]
 
 
@@ -90,10 +97,11 @@ def test_sample_matches_the_data_moments(resumed, tmp_path):
     out = resumed[0]
     result = run("sample", out, "-n", 4000, "-o", tmp_path / "samples.csv", "--seed", 1)
     assert result.returncode == 0, result.stderr
-    assert (tmp_path / "samples.csv").read_text().splitlines()[0] == "a,b"
+    assert (tmp_path / "samples.csv").read_text().splitlines()[0] == '"a, in m",b'
     samples = np.loadtxt(tmp_path / "samples.csv", delimiter=",", skiprows=1)
     assert samples.shape == (4000, 2) and np.isfinite(samples).all()
-    np.testing.assert_allclose(samples.mean(0), MEAN, atol=0.3)
+    assert len(np.unique(samples[:, 0])) > 3900, "samples rounded near 1e7 (float32 holds a few values in a's range)"
+    np.testing.assert_allclose((samples.mean(0) - MEAN) / SD, 0, atol=0.15)
     np.testing.assert_allclose(samples.std(0), SD, rtol=0.1)
 
 
@@ -104,16 +112,29 @@ def test_log_prob_is_in_data_units(resumed, data, tmp_path):
     assert result.returncode == 0, result.stderr
     log_prob = np.load(tmp_path / "log_prob.npy", allow_pickle=False)
     assert log_prob.shape == (500,) and np.isfinite(log_prob).all()
+    assert len(np.unique(log_prob)) == 500, "rows rounded to float32 before standardising"
     gaussian = stats.norm.logpdf(values, values.mean(0), values.std(0)).sum(1)
     assert abs(log_prob.mean() - gaussian.mean()) < 0.05
     assert np.corrcoef(log_prob, gaussian)[0, 1] > 0.98
 
 
 def test_plot_writes_a_png(resumed, data, tmp_path):
-    result = run("plot", resumed[0], "--data", data[0], "-o", tmp_path / "pairs.png", "--samples", 500)
+    np.savetxt(tmp_path / "data.txt", data[1])  # whitespace-separated, no header: the run's columns, by count
+    result = run("plot", resumed[0], "--data", tmp_path / "data.txt", "-o", tmp_path / "pairs.png", "--samples", 500)
     assert result.returncode == 0, result.stderr
     image = (tmp_path / "pairs.png").read_bytes()
     assert image.startswith(b"\x89PNG") and len(image) > 10_000
+
+
+def test_fit_summary_counts_skipped_steps():
+    from jaxflow.cli import _fit_summary
+
+    history = {"num_steps": 20, "skipped": [False] * 2 + [True] * 18, "best_validation_loss": 1.5, "best_step": 10}
+    assert _fit_summary(history) == (
+        "20 steps, 18 of them skipped for a non-finite loss or gradient, a lower --lr may help, "
+        "best validation loss 1.5000 at step 10"
+    )
+    assert _fit_summary({**history, "skipped": [False] * 20}) == "20 steps, best validation loss 1.5000 at step 10"
 
 
 def test_console_script_is_installed():
@@ -133,12 +154,12 @@ def test_bad_input_gives_one_line_errors(resumed, data, tmp_path):
     out = ["--out", tmp_path / "never"]
     log_prob, sample = ["log-prob", resumed[0]], ["sample", tmp_path / "not_a_run", "-n", 5]
     cases = {
-        "no column named 'zz'; the columns are: a, label, b": ["fit", good, "--columns", "a,zz", *out],
+        "no column named 'zz'; the columns are: a, in m, label, b": ["fit", good, "--columns", "b,zz", *out],
         "bad_cell.csv, line 4, column 'b': 'oops', which is not a number": ["fit", bad_cell, *out],
         "2 of 4 rows contain NaN or inf (the first is line 2)": ["fit", nan_rows, *out],
         "empty.csv is empty": ["fit", tmp_path / "empty.csv", *out],
         "missing.csv: no such file": ["fit", tmp_path / "missing.csv", *out],
-        "the file has 4 columns, but the run was fit on 2 (a, b)": [*log_prob, four_columns, "-o", tmp_path / "x.npy"],
+        "the file has 4 columns, but the run was fit on 2": [*log_prob, four_columns, "-o", tmp_path / "x.npy"],
         "not_a_run is not a jaxflow run directory": [*sample, "-o", tmp_path / "s.csv"],
         "--bins does not apply to --flow maf": ["fit", good, "--flow", "maf", "--bins", 4, *out],
         "the following arguments are required: --out": ["fit", good],
@@ -149,7 +170,32 @@ def test_bad_input_gives_one_line_errors(resumed, data, tmp_path):
     }
     for expected, process in processes.items():
         _, stderr = process.communicate(timeout=TIMEOUT_S)
-        assert process.returncode == 2, (expected, stderr)
-        assert stderr.startswith("jaxflow: error: ") and stderr.count("\n") == 1, stderr
-        assert expected in stderr and "Traceback" not in stderr, (expected, stderr)
+        assert_one_line_error(expected, process.returncode, stderr)
     assert not (tmp_path / "never").exists() and not list(tmp_path.glob("never.*"))
+
+
+def test_bad_numbers_and_header_names_give_one_line_errors(resumed, data, tmp_path, capsys):
+    """More bad input, run in this process: each case ends before any fitting, and a subprocess costs seconds."""
+    from jaxflow.cli import main
+
+    twice_x = write_csv(tmp_path / "twice_x.csv", "x,x", ["1,2", "3,4", "5,7"])
+    empty_name = write_csv(tmp_path / "empty_name.csv", ",y", ["1,2", "3,4", "5,7"])
+    twice_b = write_csv(tmp_path / "twice_b.csv", '"a, in m",b,b', ["1,2,3", "4,5,6"])
+    out = ["--out", tmp_path / "never"]
+    cases = {
+        "twice_x.csv: header name 'x' is used by more than one column": ["fit", twice_x, *out],
+        "empty_name.csv: an empty header name": ["fit", empty_name, *out],
+        "twice_b.csv: header name 'b' is used by more than one column": [
+            "log-prob", resumed[0], twice_b, "-o", tmp_path / "x.npy"
+        ],
+        "--lr: expected a positive, finite float, got 'inf'": ["fit", data[0], "--lr", "inf", *out],
+        "--lr: expected a positive, finite float, got '1e400'": ["fit", data[0], "--lr", "1e400", *out],
+        "--seed: expected an integer from 0 to 4294967295, got '-1'": ["fit", data[0], "--seed", -1, *out],
+        "--seed: expected an integer from 0 to 4294967295, got '4294967296'": [
+            "plot", resumed[0], "-o", tmp_path / "p.png", "--seed", 2**32
+        ],
+    }
+    for expected, args in cases.items():
+        returncode = main(list(map(str, args)))
+        assert_one_line_error(expected, returncode, capsys.readouterr().err)
+    assert not list(tmp_path.glob("never*")) and not list(tmp_path.glob("*.npy"))
