@@ -97,6 +97,8 @@ def test_wrong_context_shape_for_a_conditional_flow():
 def test_singular_fixed_linear_is_refused():
     with pytest.raises(ValueError, match="singular"):
         jb.fixed_linear(np.array([[1.0, 2.0], [2.0, 4.0]]))
+    with pytest.raises(ValueError, match="non-finite entries"):  # was numpy's LinAlgError from the SVD
+        jb.fixed_linear(np.array([[1.0, np.nan], [0.0, 1.0]]))
 
 
 def test_not_a_permutation_is_refused():

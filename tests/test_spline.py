@@ -349,6 +349,7 @@ def test_spline_bijector_starts_at_the_identity_and_sums_the_log_dets():
     [
         (dict(num_bins=0), "num_bins"),
         (dict(num_bins=2.0), "num_bins"),
+        (dict(num_bins=True), "num_bins"),
         (dict(bound=0.0), "bound"),
         (dict(num_bins=10, min_bin_width=0.1), "min_bin_width"),
         (dict(min_bin_height=0.0), "min_bin_height"),

@@ -214,6 +214,7 @@ def test_conditional_fit_uses_the_context():
         (dict(patience=0), ValueError, "patience must be a positive number of chunks"),
         (dict(batch_size=0), ValueError, "batch_size must be a positive integer, got 0"),
         (dict(batch_size=-4), ValueError, "batch_size must be a positive integer, got -4"),
+        (dict(validation_context=np.ones((7, 9), np.float32)), ValueError, "validation_context was given without"),
     ],
 )
 def test_bad_input_is_refused_with_a_clear_error(change, error, message):

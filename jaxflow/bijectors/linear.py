@@ -102,12 +102,14 @@ def linear(shape) -> Bijector:
 def fixed_linear(matrix, *, max_condition: float = 1e8) -> Bijector:
     """y = M x with a constant matrix M (e.g. a whitening transform); no params.
 
-    Raises ValueError if M is not square or is singular (condition number above
-    `max_condition`).
+    Raises ValueError if M is not square, has non-finite entries, or is singular
+    (condition number above `max_condition`).
     """
     matrix_np = np.asarray(matrix, dtype=np.float64)
     if matrix_np.ndim != 2 or matrix_np.shape[0] != matrix_np.shape[1]:
         raise ValueError(f"fixed_linear: expected a square matrix, got shape {matrix_np.shape}.")
+    if not np.all(np.isfinite(matrix_np)):
+        raise ValueError(f"fixed_linear: the matrix has non-finite entries: {matrix_np.tolist()}.")
     condition = np.linalg.cond(matrix_np)
     if not np.isfinite(condition) or condition > max_condition:
         raise ValueError(

@@ -32,7 +32,7 @@ from jaxflow.bijectors.transformers import Transformer, softplus_inverse, unstac
 
 
 def _check_config(num_bins, bound, min_bin_width, min_bin_height, min_derivative):
-    if not isinstance(num_bins, (int, np.integer)) or num_bins < 1:
+    if isinstance(num_bins, bool) or not isinstance(num_bins, (int, np.integer)) or num_bins < 1:
         raise ValueError(f"rational_quadratic_spline: num_bins must be a positive int, got {num_bins!r}.")
     if not bound > 0:
         raise ValueError(f"rational_quadratic_spline: bound must be positive, got {bound!r}.")

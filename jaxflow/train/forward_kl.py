@@ -268,6 +268,8 @@ def _train_and_validation_sets(key, flow, data, validation_data, fraction, dequa
     split_key, noise_key = jax.random.split(key)
     train = _checked(flow, *data, "data", dequantize)
     if validation_data[0] is None:
+        if validation_data[1] is not None:
+            raise ValueError("validation_context was given without validation_data; pass both, or neither.")
         train, valid = _split(split_key, *train, fraction)
     else:
         valid = _checked(flow, *validation_data, "validation_data", dequantize)
