@@ -4,8 +4,11 @@
     log_prob(params, x)      # raises FloatingPointError naming the layer that produced NaN/inf
 
 `checked` traces the function with validation on and runs it under `jax.experimental.checkify`,
-JAX's functional error mechanism, so the checks work inside `jit`, `vmap`, `lax.scan` and
-`grad`. Outside `checked`, nothing is added to the computation. Under `checked`, `Flow` maps
+JAX's functional error mechanism, so the checks work through `jit`, `vmap` and `lax.scan` inside
+the function; wrap a transformed function (`checked(jax.jit(f))`): `checked` raises in Python and
+cannot itself run under a trace. Under `jax.grad`, checks inside a loop (a `stack`, `Flow`'s
+batch) are lost: validate the loss, not its gradient. Outside `checked`, nothing is added to the
+computation. Under `checked`, `Flow` maps
 the events of a batch with `lax.map` rather than `vmap` (checkify cannot check the `while_loop`s
 of root finding and fixed-point inverses under `vmap`): a debug mode, slower on large batches.
 """
