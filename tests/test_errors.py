@@ -101,6 +101,22 @@ def test_singular_fixed_linear_is_refused():
         jb.fixed_linear(np.array([[1.0, np.nan], [0.0, 1.0]]))
 
 
+@pytest.mark.parametrize(
+    "bijector, params, message",
+    [
+        (jb.linear(2), {"weight": jnp.array([[1.0, 2.0], [2.0, 4.0]])}, "linear: the weight is singular"),
+        (jb.planar(2), {"u": jnp.ones(2), "w": jnp.zeros(2), "bias": jnp.zeros(())}, "planar_tanh: w is zero"),
+    ],
+)
+def test_non_invertible_params_are_refused_in_eager_calls(bijector, params, message):
+    for direction in (bijector.forward, bijector.inverse):
+        with pytest.raises(ValueError, match=message):
+            direction(params, jnp.ones(2))
+    traced = jf.validation.checked(jax.jit(jf.chain(bijector).forward))  # traced: left to validation mode
+    with pytest.raises(FloatingPointError, match=bijector.name):
+        traced((params,), jnp.ones(2))
+
+
 def test_not_a_permutation_is_refused():
     with pytest.raises(ValueError, match="not a permutation"):
         jb.permutation(np.array([0, 0, 2]))

@@ -73,6 +73,16 @@ def check_params(name: str, params, shapes: dict[str, tuple[int, ...]]) -> None:
             raise ValueError(f"{name}: params[{key!r}] should have shape {shape}, got {tuple(jnp.shape(params[key]))}.")
 
 
+def refuse_concrete(name: str, ok, message: str) -> None:
+    """Raises ValueError(f"{name}: {message}") where `ok` is a concrete False.
+
+    For params that make a layer non-invertible: an eager call says so; a traced `ok`
+    passes, and `jaxflow.validation` reports the NaN/inf it leads to.
+    """
+    if not isinstance(ok, jax.core.Tracer) and not bool(ok):
+        raise ValueError(f"{name}: {message}")
+
+
 def cast_params(params, dtype):
     """Every leaf of `params` in `dtype`.
 

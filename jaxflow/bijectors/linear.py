@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxflow.bijectors._checks import as_shape, check_event, checked_params
+from jaxflow.bijectors._checks import as_shape, check_event, checked_params, refuse_concrete
 from jaxflow.bijectors.base import Bijector
 
 
@@ -83,18 +83,25 @@ def linear(shape) -> Bijector:
         del key
         return {"weight": jnp.eye(channels)}
 
+    def weight_and_log_det(params, dtype):
+        weight = checked_params("linear", params, shapes, dtype)["weight"]
+        log_abs_det = jnp.linalg.slogdet(weight)[1]
+        refuse_concrete("linear", jnp.isfinite(log_abs_det), "the weight is singular (log |det W| = -inf); "
+                        "lu_linear keeps W invertible by construction.")
+        return weight, _positions(shape) * log_abs_det
+
     def forward(params, x, context=None):
         del context
         x = check_event("linear", x, shape)
-        weight = checked_params("linear", params, shapes, x.dtype)["weight"]
-        return x @ weight.T, _positions(shape) * jnp.linalg.slogdet(weight)[1]
+        weight, log_det = weight_and_log_det(params, x.dtype)
+        return x @ weight.T, log_det
 
     def inverse(params, y, context=None):
         del context
         y = check_event("linear", y, shape)
-        weight = checked_params("linear", params, shapes, y.dtype)["weight"]
+        weight, log_det = weight_and_log_det(params, y.dtype)
         x = jnp.linalg.solve(weight, y.reshape(-1, channels).T).T
-        return x.reshape(shape), -_positions(shape) * jnp.linalg.slogdet(weight)[1]
+        return x.reshape(shape), -log_det
 
     return Bijector(init, forward, inverse, "linear")
 

@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxflow.bijectors._checks import check_dim, check_event, checked_params
+from jaxflow.bijectors._checks import check_dim, check_event, checked_params, refuse_concrete
 from jaxflow.bijectors.base import Bijector
 from jaxflow.bijectors.root_finding import solve_monotone
 from jaxflow.bijectors.transformers import softplus_inverse
@@ -129,6 +129,7 @@ def planar(dim: int, *, activation: str = "tanh", negative_slope: float = 0.01) 
     def constrained(params, dtype):
         params = checked_params(name, params, {"u": (dim,), "w": (dim,), "bias": ()}, dtype)
         u, w = params["u"], params["w"]
+        refuse_concrete(name, w @ w > 0, "w is zero, and u_hat divides by |w|^2; w must stay non-zero.")
         gain_plus_one = one_plus_gain(w @ u)
         u_hat = u + (gain_plus_one - 1 - w @ u) * w / (w @ w)
         return u_hat, w, params["bias"], gain_plus_one
