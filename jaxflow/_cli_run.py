@@ -41,7 +41,10 @@ import optax
 from jaxflow._cli_io import CliError, atomic_write
 from jaxflow.train import forward_kl
 
-FORMAT = "jaxflow-run"
+FORMAT = "jaxflow-run-2"
+# Format 1 chained the standardisation into the flow (another params tree) and drew coupling
+# permutations that could leave entries untransformed: its runs are refused, not misread.
+EARLIER_FORMATS = ("jaxflow-run",)
 CONFIG, PARAMS, HISTORY, CHECKPOINTS = "config.json", "params.npz", "history.json", "checkpoints"
 NOT_IDENTITY = ("budget", "checkpoint_every", "jaxflow_version", "data_path")  # may change when resuming
 
@@ -122,6 +125,11 @@ def read_config(run) -> dict:
         config = json.loads((run / CONFIG).read_text())
     except (OSError, ValueError):
         config = None
+    if isinstance(config, dict) and config.get("format") in EARLIER_FORMATS:
+        raise CliError(
+            f"{run} was written by an earlier jaxflow (run format {config['format']!r}, this one reads {FORMAT!r}), "
+            "whose model this version builds differently; fit it again into a new directory"
+        )
     if not isinstance(config, dict) or config.get("format") != FORMAT or not (run / PARAMS).is_file():
         raise CliError(f"{run} is not a jaxflow run directory (no {CONFIG} and {PARAMS} written by `jaxflow fit`)")
     return config

@@ -71,7 +71,9 @@ def diagonal_normal(shape) -> Distribution:
 
 
 def _check_sample_shape(shape) -> tuple[int, ...]:
-    """`shape` as a tuple, after checking that it is a non-negative int or a tuple of them."""
+    """`shape` as a tuple, after checking that it is a non-negative int or a sequence of them (integer arrays too)."""
+    if isinstance(shape, (np.ndarray, jax.Array)) and jnp.issubdtype(shape.dtype, jnp.integer) and shape.ndim <= 1:
+        shape = np.asarray(shape).tolist()
     dims = (shape,) if isinstance(shape, (int, np.integer)) else shape
     if not isinstance(dims, (tuple, list)) or not all(
         isinstance(d, (int, np.integer)) and not isinstance(d, bool) and d >= 0 for d in dims

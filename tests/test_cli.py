@@ -5,6 +5,7 @@ the other tests sample, score and plot it. Bad inputs run in parallel subprocess
 """
 
 import json
+import shutil
 import subprocess
 import sys
 import time
@@ -182,7 +183,14 @@ def test_bad_numbers_and_header_names_give_one_line_errors(resumed, data, tmp_pa
     empty_name = write_csv(tmp_path / "empty_name.csv", ",y", ["1,2", "3,4", "5,7"])
     twice_b = write_csv(tmp_path / "twice_b.csv", '"a, in m",b,b', ["1,2,3", "4,5,6"])
     out = ["--out", tmp_path / "never"]
+    earlier = tmp_path / "earlier_run"  # a run directory of the first format
+    shutil.copytree(resumed[0], earlier)
+    config = json.loads((earlier / "config.json").read_text())
+    (earlier / "config.json").write_text(json.dumps(config | {"format": "jaxflow-run"}))
     cases = {
+        "was written by an earlier jaxflow (run format 'jaxflow-run'": [
+            "sample", earlier, "-n", 5, "-o", tmp_path / "s.npy"
+        ],
         "twice_x.csv: header name 'x' is used by more than one column": ["fit", twice_x, *out],
         "empty_name.csv: an empty header name": ["fit", empty_name, *out],
         "twice_b.csv: header name 'b' is used by more than one column": [

@@ -122,6 +122,8 @@ def test_sample_accepts_python_and_numpy_ints_as_shape():
     flow, params = _flow()
     assert flow.sample(params, jax.random.key(0), np.int64(3)).shape == (3, 2)
     assert flow.sample(params, jax.random.key(0), (np.int32(2), 0)).shape == (2, 0, 2)
+    assert flow.sample(params, jax.random.key(0), np.array(3)).shape == (3, 2)
+    assert flow.sample(params, jax.random.key(0), jnp.array([2, 3])).shape == (2, 3, 2)
 
 
 # Checkify cannot check a lax.while_loop under vmap: validation mode maps a Flow's events one by one.

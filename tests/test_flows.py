@@ -1,14 +1,18 @@
 """Ready-made flows: they build, sample, evaluate densities, condition, and compile flat in depth."""
 
+import itertools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from jaxflow import flows, initialize_from_data, stack
+from jaxflow.bijectors import random_permutations
 from jaxflow.bijectors.actnorm import actnorm
+from jaxflow.bijectors.coupling import half_mask
 from jaxflow.conditioners.mlp import MLP, from_linen, from_nnx
-from jaxflow.flows._layers import untransformed_entries
+from jaxflow.flows._layers import _covering_permutations, untransformed_entries
 
 BUILDERS = {
     "nice": flows.nice, "realnvp": flows.realnvp, "nsf_coupling": flows.nsf_coupling,
@@ -68,6 +72,20 @@ def test_coupling_flows_transform_every_entry(name, seed):
     assert (np.count_nonzero(np.asarray(jacobian), axis=1) == 2).all(), jacobian
 
 
+def test_covering_permutations_repair_draws_that_leave_entries_out_and_keep_the_others():
+    for dim in (2, 3, 4, 7, 16, 64):
+        transformed = ~half_mask(dim)
+        for layers, seed in itertools.product((2, 3, 8), range(4)):
+            perms = _covering_permutations(jax.random.key(seed), layers, dim, transformed)
+            assert untransformed_entries(perms, transformed).size == 0, (dim, layers, seed)
+            assert (np.sort(perms, axis=1) == np.arange(dim)).all()
+            drawn = np.asarray(random_permutations(jax.random.key(seed), layers, dim))
+            if untransformed_entries(drawn, transformed).size == 0:
+                np.testing.assert_array_equal(perms, drawn)  # a covering draw is kept as drawn
+            else:
+                np.testing.assert_array_equal(perms[1:], drawn[1:])  # only the first is repaired
+
+
 def test_untransformed_entries_follow_each_permutation():
     transformed = np.array([False, True, True])  # a coupling of dim 3 changes positions 1 and 2
     identity, rotate = [0, 1, 2], [2, 0, 1]  # rotate: y[0] = x[2], y[1] = x[0], y[2] = x[1]
@@ -102,6 +120,7 @@ def test_bad_configuration_is_refused():
         (lambda: from_linen(MLP((4,), 2), 3, context_dim=2.0), "from_linen: context_dim must be .*got 2.0"),
         (lambda: from_nnx(lambda rngs: None, context_dim=0), "from_nnx: context_dim must be .*got 0"),
         (lambda: flows.maf(3, hidden=64), "made: hidden must be a sequence of positive ints .*got 64"),
+        (lambda: flows.realnvp(3, hidden=np.array([4, 0])), r"mlp: hidden must be .*got \[4, 0\]"),
         (lambda: flows.iaf(3, context_dim=0), "made: context_dim must be None or a positive int, got 0"),
     ],
 )
@@ -120,11 +139,12 @@ def test_actnorm_data_init_refuses_degenerate_batches():
 
 
 def test_actnorm_data_init_leaves_constant_channels_unscaled_through_a_stack():
-    noise = jax.random.normal(jax.random.key(1), (256, 3))
-    batch = noise * jnp.array([2.0, 1e-3, 0.0]) + jnp.array([1.0, 0.0, 0.1])  # a tiny but real spread; a constant
-    layers = stack(actnorm(3), 3)
+    noise = jax.random.normal(jax.random.key(1), (256, 4))
+    # A tiny but real spread; a small one far from zero; a constant.
+    batch = noise * jnp.array([2.0, 1e-3, 0.3, 0.0]) + jnp.array([1.0, 0.0, 1000.0, 0.1])
+    layers = stack(actnorm(4), 3)
     params, x = initialize_from_data(layers, layers.init(jax.random.key(0)), batch)
-    np.testing.assert_allclose(params["log_scale"][-1, :2], np.log(np.std(np.asarray(batch)[:, :2], axis=0)), rtol=1e-5)
-    np.testing.assert_array_equal(params["log_scale"][:, 2], 0.0)  # not 1 / rounding error, compounded per layer
-    np.testing.assert_allclose(x.std(axis=0)[:2], 1.0, rtol=1e-5)
-    np.testing.assert_allclose(x[:, 2], 0.0, atol=1e-7)
+    np.testing.assert_allclose(params["log_scale"][-1, :3], np.log(np.std(np.asarray(batch)[:, :3], axis=0)), rtol=1e-4)
+    np.testing.assert_array_equal(params["log_scale"][:, 3], 0.0)  # not 1 / rounding error, compounded per layer
+    np.testing.assert_allclose(x.std(axis=0)[:3], 1.0, rtol=1e-4)
+    np.testing.assert_allclose(x[:, 3], 0.0, atol=1e-7)

@@ -86,8 +86,8 @@ def linear(shape) -> Bijector:
     def weight_and_log_det(params, dtype):
         weight = checked_params("linear", params, shapes, dtype)["weight"]
         log_abs_det = jnp.linalg.slogdet(weight)[1]
-        refuse_concrete("linear", jnp.isfinite(log_abs_det), "the weight is singular (log |det W| = -inf); "
-                        "lu_linear keeps W invertible by construction.")
+        refuse_concrete("linear", jnp.isfinite(log_abs_det), "the weight is singular or not finite (log |det W| is "
+                        "not finite); lu_linear keeps W invertible by construction.")
         return weight, _positions(shape) * log_abs_det
 
     def forward(params, x, context=None):

@@ -51,6 +51,8 @@ def _is_positive_int(value) -> bool:
 
 def check_hidden(name: str, hidden) -> tuple[int, ...]:
     """Returns the layer widths `hidden` as a tuple after checking that they are a sequence of positive ints."""
+    if isinstance(hidden, np.ndarray) and hidden.ndim == 1:
+        hidden = hidden.tolist()
     if not isinstance(hidden, Sequence) or not all(_is_positive_int(width) for width in hidden):
         raise ValueError(f"{name}: hidden must be a sequence of positive ints (layer widths), got {hidden!r}.")
     return tuple(int(width) for width in hidden)

@@ -26,8 +26,8 @@ def permuted_stack(
       transformed: bool (dim,), the positions a layer changes (a coupling's non-identity
         half); None when it changes all of them. Then the reorderings must bring every
         entry into those positions at some layer: random permutations that leave one
-        out are drawn again (e.g. two identity permutations of dim 2: 1 in 2 seeds), and
-        "none" is refused for more than one layer.
+        out are repaired (e.g. two identity permutations of dim 2, 1 seed in 2), and "none"
+        is refused for more than one layer.
     """
     if permute == "random":
         perms = _covering_permutations(jax.random.key(seed), num_layers, dim, transformed)
@@ -52,18 +52,18 @@ def permuted_stack(
 def _covering_permutations(key, num_layers: int, dim: int, transformed) -> np.ndarray:
     """Random permutations (num_layers, dim) under which some layer transforms every entry.
 
-    The first draw is kept when it covers (so seeds keep their permutations); otherwise
-    draws continue from keys folded with the attempt number.
+    A draw that covers is kept (so most seeds keep their permutations); otherwise the first
+    permutation is rearranged to send every position the first layer leaves unchanged into
+    a transformed one, so the second layer changes what the first did not.
     """
-    for attempt in range(_MAX_DRAWS):
-        draw_key = key if attempt == 0 else jax.random.fold_in(key, attempt)
-        perms = np.asarray(random_permutations(draw_key, num_layers, dim), np.int32)
-        if transformed is None or num_layers == 1 or not untransformed_entries(perms, transformed).size:
-            return perms
-    raise RuntimeError(f"no covering permutations in {_MAX_DRAWS} draws (dim {dim}, {num_layers} layers)")
-
-
-_MAX_DRAWS = 1000  # the worst case, dim 2 and 2 layers, fails one draw in two
+    perms = np.array(random_permutations(key, num_layers, dim), np.int32)  # a writable copy
+    if transformed is None or num_layers == 1 or not untransformed_entries(perms, transformed).size:
+        return perms
+    passed = ~transformed[perms[0]]  # drawn values (positions of the layer's output) left unchanged
+    order = np.concatenate([perms[0][passed], perms[0][~passed]])  # those first, else in drawn order
+    slots = np.concatenate([np.flatnonzero(transformed), np.flatnonzero(~transformed)])  # transformed slots first
+    perms[0][slots] = order
+    return perms
 
 
 def untransformed_entries(perms: np.ndarray, transformed: np.ndarray) -> np.ndarray:
