@@ -179,10 +179,11 @@ class Flow(NamedTuple):
         if validation.is_enabled():
             # Validation is a debug mode that trades speed for checks: checkify cannot check a
             # lax.while_loop (root finding, fixed-point inverses) under vmap, so map events one by one.
-            def row(i):
-                return one(flat_x[i], context[i] if context_batch else context, None if keys is None else keys[i])
+            def row(inputs):
+                x, row_context, key = inputs
+                return one(x, row_context if context_batch else context, key)
 
-            out = jax.lax.map(row, jnp.arange(count))
+            out = jax.lax.map(row, (flat_x, context if context_batch else None, keys))
         else:
             context_axis = 0 if context_batch else None
             out = jax.vmap(one, in_axes=(0, context_axis, None if keys is None else 0))(flat_x, context, keys)

@@ -133,6 +133,7 @@ def test_validation_mode_checks_the_log_prob_of_a_flow_inverted_by_root_finding(
     x = jax.random.normal(jax.random.key(1), (3, 2))
     checked = jf.validation.checked(flow.log_prob)(params, x)
     np.testing.assert_allclose(checked, flow.log_prob(params, x), rtol=1e-6)
+    assert jf.validation.checked(flow.log_prob)(params, x[:0]).shape == (0,)  # an empty batch: nothing to map
 
 
 def test_validation_mode_checks_the_samples_of_a_flow_with_an_iterative_inverse():
