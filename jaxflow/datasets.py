@@ -11,6 +11,8 @@ import numbers
 
 import numpy as np
 
+from jaxflow.bijectors._checks import is_positive_int
+
 DIGIT_LEVELS = 17  # sklearn's digits take the integer values 0..16
 LOGIT_ALPHA = 0.05  # RealNVP's boundary margin for the logit transform
 
@@ -113,7 +115,7 @@ def undo_logit(y: np.ndarray, *, levels: int = DIGIT_LEVELS) -> np.ndarray:
 
 
 def _check_positive_int(function: str, name: str, value) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+    if not is_positive_int(value):
         raise ValueError(f"{function}: {name} must be a positive int, got {value!r}.")
 
 

@@ -34,6 +34,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxflow.bijectors._checks import is_positive_int
 from jaxflow.bijectors.base import chain
 from jaxflow.bijectors.elementwise import sigmoid
 from jaxflow.distributions import Flow
@@ -139,7 +140,7 @@ def dequantized_log_likelihood_bound(
 
 def bits_per_dim(log_likelihood, num_dims: int):
     """-log_likelihood / (D log 2): a log-likelihood of discrete data in nats as bits per dimension."""
-    if isinstance(num_dims, bool) or not isinstance(num_dims, (int, np.integer)) or num_dims < 1:
+    if not is_positive_int(num_dims):
         raise ValueError(f"bits_per_dim: num_dims must be a positive int, got {num_dims!r}.")
     return -jnp.asarray(log_likelihood) / (num_dims * math.log(2.0))
 
@@ -167,7 +168,7 @@ def _bound(model_flow, model_params, x_int, num_levels, u, log_q, log_det_key):
 def _prepare(name, model_flow, x_int, num_levels, num_samples):
     """Checks the arguments; returns x_int as an array and the (num_samples, *batch) sample shape."""
     x_int = _check_integer_data(name, x_int, num_levels)
-    if isinstance(num_samples, bool) or not isinstance(num_samples, (int, np.integer)) or num_samples < 1:
+    if not is_positive_int(num_samples):
         raise ValueError(f"{name}: num_samples must be a positive int, got {num_samples!r}.")
     if model_flow.context_shape is not None:
         raise ValueError(f"{name}: the model flow must be unconditional, got context_shape {model_flow.context_shape}.")
@@ -178,7 +179,7 @@ def _prepare(name, model_flow, x_int, num_levels, num_samples):
 
 
 def _check_integer_data(name, x, num_levels):
-    if isinstance(num_levels, bool) or not isinstance(num_levels, (int, np.integer)) or num_levels < 1:
+    if not is_positive_int(num_levels):
         raise ValueError(f"{name}: num_levels must be a positive int, got {num_levels!r}.")
     x = jnp.asarray(x)
     if not jnp.issubdtype(x.dtype, jnp.integer):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from jaxflow.bijectors._checks import refuse_concrete
 from jaxflow.bijectors.base import transform
 from jaxflow.distributions import Flow
 
@@ -95,8 +96,7 @@ def sample_with_temperature(flow: Flow, params, key, num_samples: int, temperatu
     """
     if flow.base.name not in ("standard_normal", "diagonal_normal"):
         raise ValueError(f"temperature sampling needs a Gaussian base, got {flow.base.name}.")
-    if not isinstance(temperature, jax.core.Tracer) and not temperature > 0:
-        raise ValueError(f"temperature must be positive, got {temperature}.")
+    refuse_concrete("sample_with_temperature", temperature > 0, f"temperature must be positive, got {temperature}.")
     noise_key, bijector_key = jax.random.split(key)
     z = jax.vmap(flow.base.sample, in_axes=(None, 0))(params["base"], jax.random.split(noise_key, num_samples))
     loc = params["base"]["loc"] if flow.base.name == "diagonal_normal" else 0.0

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -54,11 +56,32 @@ def batch_shape_of(name: str, shape, event_shape) -> tuple[int, ...]:
     return shape[: len(shape) - event_ndim]
 
 
+def is_positive_int(value) -> bool:
+    """Whether `value` is a Python or NumPy int (not a bool) of at least 1."""
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool) and value >= 1
+
+
 def check_dim(name: str, dim) -> int:
     """Returns `dim` as an int after checking that it is a positive int."""
-    if not isinstance(dim, (int, np.integer)) or dim < 1:
+    if not is_positive_int(dim):
         raise ValueError(f"{name}: dim must be a positive int, got {dim!r}.")
     return int(dim)
+
+
+def check_hidden(name: str, hidden) -> tuple[int, ...]:
+    """Returns the layer widths `hidden` as a tuple after checking that they are a sequence of positive ints."""
+    if isinstance(hidden, np.ndarray) and hidden.ndim == 1:
+        hidden = hidden.tolist()
+    if not isinstance(hidden, Sequence) or not all(is_positive_int(width) for width in hidden):
+        raise ValueError(f"{name}: hidden must be a sequence of positive ints (layer widths), got {hidden!r}.")
+    return tuple(int(width) for width in hidden)
+
+
+def check_context_dim(name: str, context_dim) -> int | None:
+    """Returns `context_dim` after checking that it is None (unconditional) or a positive int."""
+    if context_dim is not None and not is_positive_int(context_dim):
+        raise ValueError(f"{name}: context_dim must be None or a positive int, got {context_dim!r}.")
+    return context_dim
 
 
 def check_params(name: str, params, shapes: dict[str, tuple[int, ...]]) -> None:
@@ -76,8 +99,9 @@ def check_params(name: str, params, shapes: dict[str, tuple[int, ...]]) -> None:
 def refuse_concrete(name: str, ok, message: str) -> None:
     """Raises ValueError(f"{name}: {message}") where `ok` is a concrete False.
 
-    For params that make a layer non-invertible: an eager call says so; a traced `ok`
-    passes, and `jaxflow.validation` reports the NaN/inf it leads to.
+    For checks of values that may be traced (params that make a layer non-invertible, a
+    temperature under vmap): an eager call says so; a traced `ok` passes, and
+    `jaxflow.validation` reports the NaN/inf it leads to.
     """
     if not isinstance(ok, jax.core.Tracer) and not bool(ok):
         raise ValueError(f"{name}: {message}")

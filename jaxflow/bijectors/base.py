@@ -23,9 +23,9 @@ from typing import Any, NamedTuple, Protocol
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from jaxflow import validation
+from jaxflow.bijectors._checks import is_positive_int
 
 Array = jax.Array
 Params = Any  # a pytree of inexact arrays
@@ -187,7 +187,7 @@ def stack(
         where a loop body defeats the compiler (e.g. convolution gradients on CPU).
       name: used in error messages (defaults to `stack(<layer name>)`).
     """
-    if isinstance(num_layers, bool) or not isinstance(num_layers, (int, np.integer)) or num_layers < 1:
+    if not is_positive_int(num_layers):
         raise ValueError(f"stack needs an integer num_layers >= 1, got {num_layers!r}")
     if constants is None:
         if not isinstance(layer, Bijector):

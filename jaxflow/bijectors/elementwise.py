@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxflow.bijectors._checks import as_shape, check_event, checked_params
+from jaxflow.bijectors._checks import as_shape, check_event, checked_params, refuse_concrete
 from jaxflow.bijectors.base import Bijector, invert
 
 _LOG2 = float(np.log(2.0))
@@ -153,8 +153,8 @@ def affine_params(loc, scale) -> dict:
     loc, scale = (jnp.asarray(a, jnp.result_type(float)) for a in (loc, scale))
     if loc.shape != scale.shape:
         raise ValueError(f"affine_params: loc and scale need one shape, got {loc.shape} and {scale.shape}.")
-    if not isinstance(scale, jax.core.Tracer) and not bool(jnp.all(jnp.isfinite(scale) & (scale > 0))):
-        raise ValueError(f"affine_params: scale must be finite and positive, got {np.asarray(scale).tolist()}.")
+    refuse_concrete("affine_params", jnp.all(jnp.isfinite(scale) & (scale > 0)),
+                    f"scale must be finite and positive, got {scale}.")
     return {"shift": loc, "log_scale": jnp.log(scale)}
 
 

@@ -40,6 +40,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxflow.bijectors import root_finding, transformers
+from jaxflow.bijectors._checks import is_positive_int
 from jaxflow.bijectors.transformers import Transformer
 
 _DIRECTIONS = ("inverse", "forward")
@@ -155,7 +156,7 @@ def logistic_mixture_cdf(
 
 
 def _check_config(num_components, max_log_scale, closed_form):
-    if isinstance(num_components, bool) or not isinstance(num_components, int) or num_components < 1:
+    if not is_positive_int(num_components):
         raise ValueError(f"logistic_mixture_cdf: num_components must be a positive int, got {num_components!r}.")
     if not (max_log_scale > 0 and np.isfinite(max_log_scale)):  # B tanh(raw / B) is NaN for B = inf
         raise ValueError(f"logistic_mixture_cdf: max_log_scale must be finite and positive, got {max_log_scale!r}.")

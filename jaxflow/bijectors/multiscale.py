@@ -15,10 +15,9 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from jaxflow.bijectors import transformers
-from jaxflow.bijectors._checks import as_shape, check_event
+from jaxflow.bijectors._checks import as_shape, check_event, is_positive_int
 from jaxflow.bijectors.base import Bijector, chain, initialize_from_data, invert, stack
 from jaxflow.bijectors.image import glow_step, image_coupling, squeeze
 
@@ -122,7 +121,7 @@ def _checked_levels(image_shape, levels, steps_per_level, owner: str) -> tuple[i
     if len(shape) != 3 or min(shape) < 1:
         raise ValueError(f"{owner}: expected an image shape (H, W, C) of positive sizes, got {shape}.")
     for name, value in (("levels", levels), ("steps_per_level", steps_per_level)):
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        if not is_positive_int(value):
             raise ValueError(f"{owner}: {name} must be a positive int, got {value!r}.")
     height, width, _ = shape
     scale = 2**levels

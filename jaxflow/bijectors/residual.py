@@ -46,7 +46,6 @@ from __future__ import annotations
 
 import functools
 import math
-import numbers
 from collections.abc import Sequence
 
 import flax.linen as nn
@@ -54,10 +53,16 @@ import jax
 import jax.numpy as jnp
 
 from jaxflow.bijectors import spectral_norm
-from jaxflow.bijectors._checks import cast_params, check_context, check_event
+from jaxflow.bijectors._checks import (
+    cast_params,
+    check_context,
+    check_context_dim,
+    check_event,
+    check_hidden,
+    is_positive_int,
+)
 from jaxflow.bijectors.base import Bijector
 from jaxflow.bijectors.transformers import softplus_inverse
-from jaxflow.conditioners.mlp import check_context_dim, check_hidden
 
 ACTIVATIONS = ("lipswish", "elu", "tanh")
 LOG_DETS = ("exact", "series", "russian_roulette")
@@ -303,14 +308,11 @@ def residual(
 def _check_arguments(counts, optional_counts, activation, lipschitz, log_det, stop_probability, tol):
     """Raises ValueError for arguments `residual` cannot build a contractive block from."""
 
-    def positive_int(value):
-        return isinstance(value, numbers.Integral) and value >= 1
-
     for label, value in counts.items():
-        if not positive_int(value):
+        if not is_positive_int(value):
             raise ValueError(f"residual: {label} must be a positive int, got {value!r}.")
     for label, value in optional_counts.items():
-        if value is not None and not positive_int(value):
+        if value is not None and not is_positive_int(value):
             raise ValueError(f"residual: {label} must be a positive int or None, got {value!r}.")
     if activation not in ACTIVATIONS:
         raise ValueError(f"residual: activation must be one of {ACTIVATIONS} (1-Lipschitz), got {activation!r}.")

@@ -23,16 +23,15 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jax import lax
 
-from jaxflow.bijectors._checks import as_shape, check_event
+from jaxflow.bijectors._checks import as_shape, check_event, is_positive_int
 from jaxflow.bijectors.base import Bijector
 from jaxflow.bijectors.transformers import Transformer, softplus_inverse, unstack, unstack_params
 
 
 def _check_config(num_bins, bound, min_bin_width, min_bin_height, min_derivative):
-    if isinstance(num_bins, bool) or not isinstance(num_bins, (int, np.integer)) or num_bins < 1:
+    if not is_positive_int(num_bins):
         raise ValueError(f"rational_quadratic_spline: num_bins must be a positive int, got {num_bins!r}.")
     if not bound > 0:
         raise ValueError(f"rational_quadratic_spline: bound must be positive, got {bound!r}.")

@@ -14,8 +14,8 @@ from __future__ import annotations
 import flax.linen as nn
 import jax.numpy as jnp
 
-from jaxflow.bijectors._checks import as_shape, check_context, check_event
-from jaxflow.conditioners.mlp import Conditioner, check_context_dim
+from jaxflow.bijectors._checks import as_shape, check_context, check_context_dim, check_event
+from jaxflow.conditioners.mlp import Conditioner
 
 _KERNEL = (3, 3)
 

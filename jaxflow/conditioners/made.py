@@ -25,8 +25,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxflow.bijectors._checks import check_context, check_event
-from jaxflow.conditioners.mlp import Conditioner, check_context_dim, check_hidden
+from jaxflow.bijectors._checks import check_context, check_context_dim, check_event, check_hidden
+from jaxflow.conditioners.mlp import Conditioner
 
 HIDDEN_DEGREES = ("sequential", "random")
 

@@ -19,9 +19,8 @@ from typing import NamedTuple
 
 import flax.linen as nn
 import jax.numpy as jnp
-import numpy as np
 
-from jaxflow.bijectors._checks import check_context
+from jaxflow.bijectors._checks import check_context, check_context_dim, check_hidden
 
 
 class Conditioner(NamedTuple):
@@ -43,26 +42,6 @@ class Conditioner(NamedTuple):
         if self.bind is None:
             return functools.partial(self.apply, params)
         return self.bind(params, positions)
-
-
-def _is_positive_int(value) -> bool:
-    return isinstance(value, (int, np.integer)) and not isinstance(value, bool) and value >= 1
-
-
-def check_hidden(name: str, hidden) -> tuple[int, ...]:
-    """Returns the layer widths `hidden` as a tuple after checking that they are a sequence of positive ints."""
-    if isinstance(hidden, np.ndarray) and hidden.ndim == 1:
-        hidden = hidden.tolist()
-    if not isinstance(hidden, Sequence) or not all(_is_positive_int(width) for width in hidden):
-        raise ValueError(f"{name}: hidden must be a sequence of positive ints (layer widths), got {hidden!r}.")
-    return tuple(int(width) for width in hidden)
-
-
-def check_context_dim(name: str, context_dim) -> int | None:
-    """Returns `context_dim` after checking that it is None (unconditional) or a positive int."""
-    if context_dim is not None and not _is_positive_int(context_dim):
-        raise ValueError(f"{name}: context_dim must be None or a positive int, got {context_dim!r}.")
-    return context_dim
 
 
 class MLP(nn.Module):
