@@ -18,6 +18,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import NamedTuple
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -25,7 +26,6 @@ import numpy as np
 from jaxflow import flows
 from jaxflow.bijectors import random_permutations
 from jaxflow.bijectors._checks import as_shape
-from jaxflow.conditioners import MLP
 
 
 class Model(NamedTuple):
@@ -169,6 +169,19 @@ def _distrax_spline(size, bins):
     return make, num_params
 
 
+class _LinenMLP(nn.Module):
+    """The conditioner a distrax user writes (distrax has none): flax `nn.Dense` layers, relu, last layer zero."""
+
+    hidden: tuple
+    out_dim: int
+
+    @nn.compact
+    def __call__(self, h):
+        for width in self.hidden:
+            h = nn.relu(nn.Dense(width)(h))
+        return nn.Dense(self.out_dim, kernel_init=nn.initializers.zeros)(h)
+
+
 def distrax_model(name, key, event_shape, layers, hidden, bins=8) -> Model:
     """distrax: a Python-loop `Chain` of `SplitCoupling` + permutation (no MADE in distrax).
 
@@ -185,7 +198,7 @@ def distrax_model(name, key, event_shape, layers, hidden, bins=8) -> Model:
         make_bijector, num_params = _distrax_spline(rest, bins)
     else:
         raise ValueError(f"distrax_model: no distrax model {name!r}; expected one of {DISTRAX_MODELS}.")
-    net = MLP(tuple(hidden), num_params * rest)
+    net = _LinenMLP(tuple(hidden), num_params * rest)
     perms = np.asarray(random_permutations(jax.random.key(1), layers, dim))
     params = [net.init(k, jnp.zeros(split)) for k in jax.random.split(key, layers)]
     base = distrax.MultivariateNormalDiag(jnp.zeros(dim), jnp.ones(dim))

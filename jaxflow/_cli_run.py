@@ -41,10 +41,12 @@ import optax
 from jaxflow._cli_io import CliError, atomic_write
 from jaxflow.train import forward_kl
 
-FORMAT = "jaxflow-run-2"
+FORMAT = "jaxflow-run-3"
 # Format 1 chained the standardisation into the flow (another params tree) and drew coupling
-# permutations that could leave entries untransformed: its runs are refused, not misread.
-EARLIER_FORMATS = ("jaxflow-run",)
+# permutations that could leave entries untransformed; format 2 kept every dense layer's weights
+# as (in, out) (`conditioners.Dense` now stores a narrowing layer's as (out, in)): their runs are
+# refused, not misread.
+EARLIER_FORMATS = ("jaxflow-run", "jaxflow-run-2")
 CONFIG, PARAMS, HISTORY, CHECKPOINTS = "config.json", "params.npz", "history.json", "checkpoints"
 NOT_IDENTITY = ("budget", "checkpoint_every", "jaxflow_version", "data_path")  # may change when resuming
 

@@ -2,9 +2,9 @@
 
 from jaxflow.conditioners.cnn import ResidualBlock, ResNetCNN, resnet_cnn
 from jaxflow.conditioners.made import MADE, MaskedDense, made
-from jaxflow.conditioners.mlp import MLP, Conditioner, from_linen, from_nnx, mlp
+from jaxflow.conditioners.mlp import MLP, Conditioner, Dense, from_linen, from_nnx, mlp
 
 __all__ = [
-    "MADE", "MLP", "Conditioner", "MaskedDense", "ResNetCNN", "ResidualBlock", "from_linen", "from_nnx", "made", "mlp",
-    "resnet_cnn",
+    "MADE", "MLP", "Conditioner", "Dense", "MaskedDense", "ResNetCNN", "ResidualBlock", "from_linen", "from_nnx",
+    "made", "mlp", "resnet_cnn",
 ]
