@@ -12,7 +12,7 @@ import scipy.optimize
 from jaxflow.bijectors import transformers
 from jaxflow.bijectors.autoregressive import inverse_autoregressive, masked_autoregressive
 from jaxflow.bijectors.spline import rational_quadratic_spline
-from jaxflow.conditioners.made import hidden_unit_degrees, made, made_masks
+from jaxflow.conditioners.made import hidden_unit_degrees, kernel_of, made, made_masks
 from jaxflow.conditioners.mlp import mlp
 from jaxflow.testing import perturbed_params
 
@@ -96,6 +96,21 @@ def test_made_starts_at_zero_and_runs_one_matmul_per_layer():
     np.testing.assert_array_equal(net.apply(params, x), np.zeros((DIM, 3)))
     equations = jax.make_jaxpr(net.apply)(params, x).jaxpr.eqns
     assert sum(e.primitive.name == "dot_general" for e in equations) == len(hidden) + 1
+
+
+def test_made_stores_a_narrowing_layers_weights_as_out_by_in_and_applies_them_as_its_masked_kernels():
+    order = _order("shuffled")
+    net = made(DIM, 2, hidden=(16,), activation=nn.tanh, order=order)  # 5 -> 16 widens, 16 -> 10 narrows
+    params = _perturbed(net)
+    layers = params["params"]
+    assert layers["MaskedDense_0"]["kernel"].shape == (DIM, 16) and layers["MaskedDense_1"]["weight"].shape == (10, 16)
+    masks = made_masks(order, 2, hidden_unit_degrees(DIM, (16,), conditional=False))
+    kernels = [kernel_of(layers[f"MaskedDense_{i}"]) * mask for i, mask in enumerate(masks)]
+    x = jax.random.normal(jax.random.key(1), (DIM,))
+    hidden = np.tanh(x @ kernels[0] + layers["MaskedDense_0"]["bias"])
+    expected = (hidden @ kernels[1] + layers["MaskedDense_1"]["bias"]).reshape(2, DIM).T
+    np.testing.assert_allclose(net.apply(params, x), expected, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(net.bound(params)(x), expected, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("context_dim", [None, 2])

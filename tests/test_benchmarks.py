@@ -4,9 +4,11 @@ import json
 import math
 
 import jax
+import jax.numpy as jnp
+import numpy as np
 import pytest
 
-from benchmarks import digits, kernels, peers, run
+from benchmarks import dense_layout, digits, kernels, peers, run
 
 MEASURES = ("compile_s", "train_step_ms", "log_prob_per_s", "sample_per_s", "train_gflops", "flops_fraction")
 
@@ -176,3 +178,18 @@ def test_digits_summary_averages_the_seeds():
     assert row["test_log_lik_per_seed"] == log_liks
     assert row["test_log_lik"].startswith("-59.17 ± ")
     assert digits.summary_row("maf", "jaxflow", fits[:1])["test_log_lik_se"] == 0.0
+
+
+@pytest.mark.parametrize("transposed", [False, True])
+def test_dense_layout_times_the_weight_gradient_in_either_layout(transposed):
+    h, g = jax.random.normal(jax.random.key(0), (5, 3)), jax.random.normal(jax.random.key(1), (5, 2))
+    weights = jnp.zeros((2, 3) if transposed else (3, 2))
+    expected = (h.T @ g).T if transposed else h.T @ g
+    np.testing.assert_allclose(dense_layout.weight_gradient(transposed)(weights, h, g), expected, rtol=1e-5)
+
+
+def test_dense_layout_reports_both_layouts_and_the_one_dense_stores(tmp_path):
+    dense_layout.main(["--batches", "4", "--shapes", "8x2,2x8", "--repeats", "1", "--out", str(tmp_path / "d.json")])
+    rows = json.loads((tmp_path / "d.json").read_text())["rows"]
+    assert [(row["in"], row["out"], row["Dense stores"]) for row in rows] == [(8, 2, "(out, in)"), (2, 8, "(in, out)")]
+    assert all(row["(in, out) us"] > 0 and row["(out, in) us"] > 0 for row in rows)

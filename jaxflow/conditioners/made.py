@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxflow.bijectors._checks import check_context, check_context_dim, check_event, check_hidden
-from jaxflow.conditioners.mlp import Conditioner
+from jaxflow.conditioners.mlp import Conditioner, declare_weights, stores_transposed, times_weights
 
 HIDDEN_DEGREES = ("sequential", "random")
 
@@ -34,10 +34,13 @@ HIDDEN_DEGREES = ("sequential", "random")
 class MaskedDense(nn.Module):
     """`h @ (kernel * mask) + bias`: a dense layer with a fixed 0/1 connectivity mask.
 
+    Its weights are stored as `conditioners.Dense` stores them: `weight` (out, in) for a layer
+    that narrows, else `kernel` (in, out); `kernel_of` reads either as (in, out).
+
     Attributes:
       mask: numpy array (in_features, features); a constant, never a param.
-      kernel_init: initialiser of the (unmasked) kernel.
-      premasked: the kernel in params already carries the mask (see `mask_kernels`).
+      kernel_init: initialiser of the (unmasked) kernel, (in, out).
+      premasked: the weights in params already carry the mask (see `mask_kernels`).
     """
 
     mask: np.ndarray
@@ -46,11 +49,22 @@ class MaskedDense(nn.Module):
 
     @nn.compact
     def __call__(self, h):
-        kernel = self.param("kernel", self.kernel_init, self.mask.shape, jnp.float32)
+        transposed = stores_transposed(*self.mask.shape)
+        weights = declare_weights(self, self.kernel_init, *self.mask.shape)
         bias = self.param("bias", nn.initializers.zeros, self.mask.shape[1:], jnp.float32)
         if not self.premasked:
-            kernel = kernel * self.mask.astype(kernel.dtype)
-        return h @ kernel + bias
+            weights = weights * (self.mask.T if transposed else self.mask).astype(weights.dtype)
+        return times_weights(h, weights, transposed) + bias
+
+
+def kernel_of(layer_params) -> jax.Array:
+    """A `MaskedDense`'s weights as the kernel (in, out), whichever way they are stored."""
+    return layer_params["weight"].T if "weight" in layer_params else layer_params["kernel"]
+
+
+def _layer_params(kernel, bias) -> dict:
+    """`MaskedDense` params holding the kernel (in, out) in the layout its shape calls for."""
+    return {"weight": kernel.T, "bias": bias} if stores_transposed(*kernel.shape) else {"kernel": kernel, "bias": bias}
 
 
 class MADE(nn.Module):
@@ -78,12 +92,13 @@ class MADE(nn.Module):
         layers = dict(params["params"])
         for i, mask in enumerate(self.masks):
             name = f"MaskedDense_{i}"
-            kernel = layers.get(name, {}).get("kernel")
+            layer = layers.get(name, {})
+            kernel = kernel_of(layer) if {"kernel", "weight"} & set(layer) else None
             if jnp.shape(kernel) != mask.shape:
                 got = "no kernel" if kernel is None else f"shape {jnp.shape(kernel)}"
                 raise ValueError(f"MADE: expected a {name} kernel of shape {mask.shape}, got {got}; "
                                  "were these params made by this MADE's init?")
-            layers[name] = {**layers[name], "kernel": kernel * mask.astype(kernel.dtype)}
+            layers[name] = _layer_params(kernel * mask.astype(kernel.dtype), layer["bias"])
         return {**params, "params": layers}
 
     def restricted(self, params, hidden_units: Sequence[np.ndarray]):
@@ -96,8 +111,7 @@ class MADE(nn.Module):
         for i, (mask, rows, columns) in enumerate(zip(self.masks, units, units[1:])):
             layer = params["params"][f"MaskedDense_{i}"]
             masks.append(mask[np.ix_(rows, columns)])
-            kernel, bias = layer["kernel"][np.ix_(rows, columns)], layer["bias"][columns]
-            layers[f"MaskedDense_{i}"] = {"kernel": kernel, "bias": bias}
+            layers[f"MaskedDense_{i}"] = _layer_params(kernel_of(layer)[np.ix_(rows, columns)], layer["bias"][columns])
         return self.clone(masks=masks), {**params, "params": layers}
 
 
