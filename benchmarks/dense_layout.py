@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 
 from benchmarks._common import environment, markdown_table, median_seconds, write_json
-from jaxflow.conditioners.mlp import stores_transposed
+from jaxflow.conditioners.dense import stores_transposed
 
 SHAPES = [(8, 128), (128, 8), (128, 16), (16, 128), (128, 32), (128, 128), (128, 184), (184, 128)]
 CALLS_PER_TIMING = 50

@@ -12,7 +12,8 @@ from jaxflow import flows, initialize_from_data, stack
 from jaxflow.bijectors import random_permutations
 from jaxflow.bijectors.actnorm import actnorm
 from jaxflow.bijectors.coupling import half_mask
-from jaxflow.conditioners.mlp import MLP, Dense, from_linen, from_nnx
+from jaxflow.conditioners.dense import Dense
+from jaxflow.conditioners.mlp import MLP, from_linen, from_nnx
 from jaxflow.flows._layers import _covering_permutations, untransformed_entries
 
 BUILDERS = {

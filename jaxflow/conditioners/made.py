@@ -26,7 +26,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxflow.bijectors._checks import check_context, check_context_dim, check_event, check_hidden
-from jaxflow.conditioners.mlp import Conditioner, declare_weights, stores_transposed, times_weights
+from jaxflow.conditioners.dense import declare_weights, stores_transposed, times_weights
+from jaxflow.conditioners.mlp import Conditioner
 
 HIDDEN_DEGREES = ("sequential", "random")
 
