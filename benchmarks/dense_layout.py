@@ -69,7 +69,9 @@ def main(argv=None):
     columns = ["batch", "in", "out", "(in, out) us", "(out, in) us", "(in, out) / (out, in)", "Dense stores"]
     print(f"\nWeight-gradient time per call, median of {args.repeats} timings of {CALLS_PER_TIMING} calls")
     print(markdown_table(rows, columns))
-    write_json(args.out, {"benchmark": "dense_layout", "environment": environment(), "rows": rows})
+    config = {"batches": args.batches, "shapes": args.shapes, "repeats": args.repeats,
+              "calls_per_timing": CALLS_PER_TIMING}
+    write_json(args.out, {"benchmark": "dense_layout", "environment": environment(), "config": config, "rows": rows})
 
 
 if __name__ == "__main__":

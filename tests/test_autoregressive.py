@@ -12,7 +12,8 @@ import scipy.optimize
 from jaxflow.bijectors import transformers
 from jaxflow.bijectors.autoregressive import inverse_autoregressive, masked_autoregressive
 from jaxflow.bijectors.spline import rational_quadratic_spline
-from jaxflow.conditioners.made import hidden_unit_degrees, kernel_of, made, made_masks
+from jaxflow.conditioners.dense import kernel_of
+from jaxflow.conditioners.made import hidden_unit_degrees, made, made_masks
 from jaxflow.conditioners.mlp import mlp
 from jaxflow.testing import perturbed_params
 
@@ -169,8 +170,14 @@ def test_made_rejects_bad_configuration_and_inputs():
         net.apply(params, jnp.ones(4))
     with pytest.raises(TypeError, match="floating"):
         net.apply(params, jnp.ones(3, int))
-    with pytest.raises(ValueError, match=r"MaskedDense_0 kernel of shape \(3, 4\), got shape \(3, 6\)"):
+    with pytest.raises(ValueError, match=r"MaskedDense_0 kernel of shape \(3, 4\), got kernel of shape \(3, 6\)"):
         net.bound(made(3, 2, hidden=()).init(jax.random.key(0)))  # params of a MADE without hidden layers
+    narrowing = made(3, 2, hidden=(8,))  # its output layer, 8 -> 6, stores weight (6, 8)
+    layers = narrowing.init(jax.random.key(0))["params"]
+    output_layer = layers["MaskedDense_1"]
+    earlier = {"MaskedDense_1": {"kernel": output_layer["weight"].T, "bias": output_layer["bias"]}}
+    with pytest.raises(ValueError, match=r"MaskedDense_1 weight of shape \(6, 8\), got kernel of shape \(8, 6\)"):
+        narrowing.bound({"params": layers | earlier})  # the (in, out) layout of an earlier jaxflow
 
 
 TRANSFORMERS = {"affine": transformers.affine, "rq_spline": functools.partial(rational_quadratic_spline, num_bins=4)}

@@ -183,13 +183,17 @@ def test_bad_numbers_and_header_names_give_one_line_errors(resumed, data, tmp_pa
     empty_name = write_csv(tmp_path / "empty_name.csv", ",y", ["1,2", "3,4", "5,7"])
     twice_b = write_csv(tmp_path / "twice_b.csv", '"a, in m",b,b', ["1,2,3", "4,5,6"])
     out = ["--out", tmp_path / "never"]
-    earlier = tmp_path / "earlier_run"  # a run directory of the first format
-    shutil.copytree(resumed[0], earlier)
-    config = json.loads((earlier / "config.json").read_text())
-    (earlier / "config.json").write_text(json.dumps(config | {"format": "jaxflow-run"}))
+    earlier, second = tmp_path / "earlier_run", tmp_path / "second_run"  # run directories of formats 1 and 2
+    for directory, run_format in [(earlier, "jaxflow-run"), (second, "jaxflow-run-2")]:
+        shutil.copytree(resumed[0], directory)
+        config = json.loads((directory / "config.json").read_text())
+        (directory / "config.json").write_text(json.dumps(config | {"format": run_format}))
     cases = {
         "was written by an earlier jaxflow (run format 'jaxflow-run'": [
             "sample", earlier, "-n", 5, "-o", tmp_path / "s.npy"
+        ],
+        "was written by an earlier jaxflow (run format 'jaxflow-run-2', this one reads 'jaxflow-run-3')": [
+            "sample", second, "-n", 5, "-o", tmp_path / "s2.npy"
         ],
         "twice_x.csv: header name 'x' is used by more than one column": ["fit", twice_x, *out],
         "empty_name.csv: an empty header name": ["fit", empty_name, *out],

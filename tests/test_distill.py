@@ -82,14 +82,16 @@ def test_sticking_the_landing_hands_a_stochastic_student_a_key_of_its_own():
 
 def test_fit_brings_an_iaf_student_to_a_maf_teacher():
     teacher = flows.maf(2, layers=2, hidden=(16,))
-    # Perturbed at scale 0.3 the teacher's difficulty varies wildly with the draw (initial KL 0.1
-    # to 200 over six seeds); at 0.2 this one starts at KL 0.53 and ends near 0.006.
+    # Perturbed at scale 0.3 the teacher's difficulty varies wildly with the draw (initial KL 0.1 to
+    # 200 over six seeds). At 0.2 and 600 steps, each of seeds 0-5 ends 32x-190x below its start
+    # (initial KL 0.07-2.2) and under 0.02, so the test does not hang on one lucky draw.
     teacher_params = perturbed_params(teacher, jax.random.key(0), 0.2)
     student = flows.iaf(2, layers=2, hidden=(16,))
     params, history = distill.fit(jax.random.key(2), student, student.init(jax.random.key(1)), teacher,
-                                  teacher_params, num_steps=300, optimizer=optax.adam(3e-3), progress=False)
-    assert history["loss"].shape == (300,) and history["num_skipped"] == 0
-    assert history["loss"][:10].mean() > 0.2 > 0.03 > history["loss"][-50:].mean()
+                                  teacher_params, num_steps=600, optimizer=optax.adam(3e-3), progress=False)
+    assert history["loss"].shape == (600,) and history["num_skipped"] == 0
+    start, end = history["loss"][:10].mean(), history["loss"][-50:].mean()
+    assert end < min(0.03, start / 20)
     student_draws = np.asarray(student.sample(params, jax.random.key(3), (20_000,)))
     teacher_draws = np.asarray(teacher.sample(teacher_params, jax.random.key(4), (20_000,)))
     np.testing.assert_allclose(student_draws.mean(0), teacher_draws.mean(0), atol=0.05)

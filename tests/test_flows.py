@@ -2,7 +2,6 @@
 
 import itertools
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -12,7 +11,6 @@ from jaxflow import flows, initialize_from_data, stack
 from jaxflow.bijectors import random_permutations
 from jaxflow.bijectors.actnorm import actnorm
 from jaxflow.bijectors.coupling import half_mask
-from jaxflow.conditioners.dense import Dense
 from jaxflow.conditioners.mlp import MLP, from_linen, from_nnx
 from jaxflow.flows._layers import _covering_permutations, untransformed_entries
 
@@ -151,25 +149,3 @@ def test_actnorm_data_init_leaves_constant_channels_unscaled_through_a_stack():
     np.testing.assert_allclose(x.std(axis=0)[:3], 1.0, rtol=1e-4)
     np.testing.assert_allclose(x[:, 3], 0.0, atol=1e-7)
 
-
-@pytest.mark.parametrize("in_features, out_features", [(5, 3), (3, 5), (4, 4)])
-def test_dense_stores_a_narrowing_layers_weights_as_out_by_in_and_computes_what_flax_dense_does(
-    in_features, out_features
-):
-    keys = jax.random.split(jax.random.key(0), 3)
-    h = jax.random.normal(keys[0], (7, in_features))
-    ours, flax_dense = Dense(out_features), nn.Dense(out_features)
-    params, flax_params = ours.init(keys[1], h)["params"], flax_dense.init(keys[1], h)["params"]
-    narrowing = out_features < in_features
-    name, shape = ("weight", (out_features, in_features)) if narrowing else ("kernel", (in_features, out_features))
-    assert set(params) == {name, "bias"} and params[name].shape == shape
-    as_kernel = (lambda w: w.T) if narrowing else (lambda w: w)
-    np.testing.assert_array_equal(as_kernel(params[name]), flax_params["kernel"])  # the same initial draws
-
-    params = {name: params[name], "bias": jax.random.normal(keys[2], (out_features,))}
-    flax_params = {"kernel": as_kernel(params[name]), "bias": params["bias"]}
-    outputs = ours.apply({"params": params}, h), flax_dense.apply({"params": flax_params}, h)
-    np.testing.assert_allclose(*outputs, rtol=1e-6)
-    grads = jax.grad(lambda p: jnp.sum(jnp.sin(ours.apply({"params": p}, h))))(params)
-    flax_grads = jax.grad(lambda p: jnp.sum(jnp.sin(flax_dense.apply({"params": p}, h))))(flax_params)
-    np.testing.assert_allclose(as_kernel(grads[name]), flax_grads["kernel"], rtol=1e-5, atol=1e-6)

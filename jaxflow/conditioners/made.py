@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxflow.bijectors._checks import check_context, check_context_dim, check_event, check_hidden
-from jaxflow.conditioners.dense import declare_weights, stores_transposed, times_weights
+from jaxflow.conditioners import dense
 from jaxflow.conditioners.mlp import Conditioner
 
 HIDDEN_DEGREES = ("sequential", "random")
@@ -36,7 +36,7 @@ class MaskedDense(nn.Module):
     """`h @ (kernel * mask) + bias`: a dense layer with a fixed 0/1 connectivity mask.
 
     Its weights are stored as `conditioners.Dense` stores them: `weight` (out, in) for a layer
-    that narrows, else `kernel` (in, out); `kernel_of` reads either as (in, out).
+    that narrows, else `kernel` (in, out) (`dense.kernel_of` reads either as (in, out)).
 
     Attributes:
       mask: numpy array (in_features, features); a constant, never a param.
@@ -50,22 +50,11 @@ class MaskedDense(nn.Module):
 
     @nn.compact
     def __call__(self, h):
-        transposed = stores_transposed(*self.mask.shape)
-        weights = declare_weights(self, self.kernel_init, *self.mask.shape)
+        weights, transposed = dense.declare_weights(self, self.kernel_init, *self.mask.shape)
         bias = self.param("bias", nn.initializers.zeros, self.mask.shape[1:], jnp.float32)
         if not self.premasked:
             weights = weights * (self.mask.T if transposed else self.mask).astype(weights.dtype)
-        return times_weights(h, weights, transposed) + bias
-
-
-def kernel_of(layer_params) -> jax.Array:
-    """A `MaskedDense`'s weights as the kernel (in, out), whichever way they are stored."""
-    return layer_params["weight"].T if "weight" in layer_params else layer_params["kernel"]
-
-
-def _layer_params(kernel, bias) -> dict:
-    """`MaskedDense` params holding the kernel (in, out) in the layout its shape calls for."""
-    return {"weight": kernel.T, "bias": bias} if stores_transposed(*kernel.shape) else {"kernel": kernel, "bias": bias}
+        return dense.product(h, weights, transposed) + bias
 
 
 class MADE(nn.Module):
@@ -92,14 +81,13 @@ class MADE(nn.Module):
         """`params` with every kernel multiplied by its mask, for `MADE(..., premasked=True)`."""
         layers = dict(params["params"])
         for i, mask in enumerate(self.masks):
-            name = f"MaskedDense_{i}"
-            layer = layers.get(name, {})
-            kernel = kernel_of(layer) if {"kernel", "weight"} & set(layer) else None
-            if jnp.shape(kernel) != mask.shape:
-                got = "no kernel" if kernel is None else f"shape {jnp.shape(kernel)}"
-                raise ValueError(f"MADE: expected a {name} kernel of shape {mask.shape}, got {got}; "
+            name, layer = f"MaskedDense_{i}", layers.get(f"MaskedDense_{i}", {})
+            stored, shape = dense.stored_layout(*mask.shape)
+            if jnp.shape(layer.get(stored)) != shape:
+                got = ", ".join(f"{key} of shape {jnp.shape(value)}" for key, value in layer.items() if key != "bias")
+                raise ValueError(f"MADE: expected a {name} {stored} of shape {shape}, got {got or 'no weights'}; "
                                  "were these params made by this MADE's init?")
-            layers[name] = _layer_params(kernel * mask.astype(kernel.dtype), layer["bias"])
+            layers[name] = dense.with_kernel(layer, dense.kernel_of(layer) * mask.astype(layer[stored].dtype))
         return {**params, "params": layers}
 
     def restricted(self, params, hidden_units: Sequence[np.ndarray]):
@@ -112,7 +100,8 @@ class MADE(nn.Module):
         for i, (mask, rows, columns) in enumerate(zip(self.masks, units, units[1:])):
             layer = params["params"][f"MaskedDense_{i}"]
             masks.append(mask[np.ix_(rows, columns)])
-            layers[f"MaskedDense_{i}"] = _layer_params(kernel_of(layer)[np.ix_(rows, columns)], layer["bias"][columns])
+            kernel, bias = dense.kernel_of(layer)[np.ix_(rows, columns)], layer["bias"][columns]
+            layers[f"MaskedDense_{i}"] = dense.with_kernel({"bias": bias}, kernel)
         return self.clone(masks=masks), {**params, "params": layers}
 
 
