@@ -26,6 +26,7 @@ import numpy as np
 from jaxflow import flows
 from jaxflow.bijectors import random_permutations
 from jaxflow.bijectors._checks import as_shape
+from jaxflow.conditioners import MLP
 
 
 class Model(NamedTuple):
@@ -169,19 +170,6 @@ def _distrax_spline(size, bins):
     return make, num_params
 
 
-class _LinenMLP(nn.Module):
-    """The conditioner a distrax user writes (distrax has none): flax `nn.Dense` layers, relu, last layer zero."""
-
-    hidden: tuple
-    out_dim: int
-
-    @nn.compact
-    def __call__(self, h):
-        for width in self.hidden:
-            h = nn.relu(nn.Dense(width)(h))
-        return nn.Dense(self.out_dim, kernel_init=nn.initializers.zeros)(h)
-
-
 def distrax_model(name, key, event_shape, layers, hidden, bins=8) -> Model:
     """distrax: a Python-loop `Chain` of `SplitCoupling` + permutation (no MADE in distrax).
 
@@ -198,7 +186,7 @@ def distrax_model(name, key, event_shape, layers, hidden, bins=8) -> Model:
         make_bijector, num_params = _distrax_spline(rest, bins)
     else:
         raise ValueError(f"distrax_model: no distrax model {name!r}; expected one of {DISTRAX_MODELS}.")
-    net = _LinenMLP(tuple(hidden), num_params * rest)
+    net = MLP(tuple(hidden), num_params * rest, dense=nn.Dense)  # flax's layers: what a distrax user writes
     perms = np.asarray(random_permutations(jax.random.key(1), layers, dim))
     params = [net.init(k, jnp.zeros(split)) for k in jax.random.split(key, layers)]
     base = distrax.MultivariateNormalDiag(jnp.zeros(dim), jnp.ones(dim))

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from jaxflow.conditioners.dense import Dense, kernel_of, stored_layout, with_kernel
+from jaxflow.conditioners.mlp import MLP
 
 
 @pytest.mark.parametrize("in_features, out_features", [(5, 3), (3, 5), (4, 4)])
@@ -43,3 +44,13 @@ def test_kernel_of_reads_either_layout_and_with_kernel_writes_the_one_its_shape_
     np.testing.assert_array_equal(kernel_of(widened), kernel.T)
     with pytest.raises(ValueError, match=r"one of 'kernel' and 'weight', got \['bias', 'kernel', 'weight'\]"):
         kernel_of({"kernel": kernel, "weight": kernel.T, "bias": jnp.zeros(2)})
+
+
+def test_mlp_builds_its_layers_with_dense_or_with_flax_dense_and_draws_the_same_function():
+    h = jax.random.normal(jax.random.key(0), (5, 8))
+    ours, flax_layers = MLP((16,), 4), MLP((16,), 4, dense=nn.Dense)
+    params, flax_params = ours.init(jax.random.key(1), h), flax_layers.init(jax.random.key(1), h)
+    assert params["params"]["Dense_1"]["weight"].shape == (4, 16)  # 16 -> 4 narrows
+    assert flax_params["params"]["Dense_1"]["kernel"].shape == (16, 4)
+    perturbed = jax.tree.map(lambda a: a + 0.1, (params, flax_params))  # the zero output layer made non-zero
+    np.testing.assert_allclose(ours.apply(perturbed[0], h), flax_layers.apply(perturbed[1], h), rtol=1e-5)

@@ -46,17 +46,22 @@ class Conditioner(NamedTuple):
 
 
 class MLP(nn.Module):
-    """Dense layers with `activation` between them; the output layer is zero-initialised."""
+    """Dense layers with `activation` between them; the output layer is zero-initialised.
+
+    `dense` builds each layer as `dense(width, kernel_init=...)`: `conditioners.Dense` by
+    default, or flax's `nn.Dense` to keep every kernel as (in, out).
+    """
 
     hidden: Sequence[int]
     out_dim: int
     activation: Callable = nn.relu
+    dense: Callable = Dense
 
     @nn.compact
     def __call__(self, h):
         for width in self.hidden:
-            h = self.activation(Dense(width)(h))
-        return Dense(self.out_dim, kernel_init=nn.initializers.zeros)(h)
+            h = self.activation(self.dense(width)(h))
+        return self.dense(self.out_dim, kernel_init=nn.initializers.zeros)(h)
 
 
 def _joined(h, context):
