@@ -39,6 +39,8 @@ from jaxflow.bijectors.base import chain
 from jaxflow.bijectors.elementwise import sigmoid
 from jaxflow.distributions import Flow
 
+NOISE_FLOW_NAME = "dequantization_noise"  # the bijector name that marks a noise flow confined to (0, 1)^D
+
 
 def uniform_dequantize(key, x, num_levels: int, dtype=None):
     """(x + u) / num_levels with u ~ U[0, 1) of x's shape: integer data lifted into [0, 1).
@@ -72,7 +74,7 @@ def variational_dequantization(flow_for_noise: Flow) -> Flow:
             f"got {flow_for_noise.context_shape}."
         )
     squash = sigmoid(flow_for_noise.event_shape)
-    return flow_for_noise._replace(bijector=chain(flow_for_noise.bijector, squash, name="dequantization_noise"))
+    return flow_for_noise._replace(bijector=chain(flow_for_noise.bijector, squash, name=NOISE_FLOW_NAME))
 
 
 def noise_context(x, num_levels: int):
@@ -131,6 +133,12 @@ def dequantized_log_likelihood_bound(
         raise ValueError(
             f"{name}: the noise flow must have event and context shape {model_flow.event_shape} (the data's), "
             f"got event shape {noise_flow.event_shape} and context shape {noise_flow.context_shape}."
+        )
+    if noise_flow.bijector.name != NOISE_FLOW_NAME:
+        raise ValueError(
+            f"{name}: the noise flow must draw u in (0, 1)^D, or the result is no bound on log P(x): build it with "
+            f"variational_dequantization(flow), which ends it in a sigmoid; got a flow whose bijector is "
+            f"{noise_flow.bijector.name!r}."
         )
     context = jnp.broadcast_to(noise_context(x_int, num_levels), sample_shape + model_flow.event_shape)
     noise_key, log_det_key = _noise_and_log_det_keys(model_flow, key)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from jaxflow.bijectors._checks import refuse_concrete
+from jaxflow.bijectors._checks import is_positive_int, refuse_concrete
 from jaxflow.bijectors.base import transform
 from jaxflow.distributions import Flow
 
@@ -34,18 +34,19 @@ def decode(flow: Flow, params, z, context=None, *, key=None):
 
 
 def _slerp(a, b, t):
-    """From `a` (t = 0) to `b` (t = 1) on the sphere; linear if an end is (near) zero or the ends (near) parallel.
+    """From `a` (t = 0) to `b` (t = 1) on the sphere; linear if an end is (near) zero or the ends (near) collinear.
 
-    Parallel means an angle below about 1.4e-3, where the two paths differ by under 1e-6
-    relative; both tests come before the divisions and the arccos, whose gradients are
-    infinite at a zero norm and at cos = 1 (double where).
+    Parallel ends (an angle below about 1.4e-3) give paths that differ by under 1e-6
+    relative; between opposite ends every great circle is as short, so none is chosen and
+    the path is the straight line. The tests come before the divisions and the arccos, whose
+    gradients are infinite at a zero norm and at cos = +-1 (double where).
     """
     a_flat, b_flat = a.reshape(-1), b.reshape(-1)
     squared_norms = jnp.stack([jnp.dot(a_flat, a_flat), jnp.dot(b_flat, b_flat)])
     zero_end = jnp.min(squared_norms) <= jnp.finfo(squared_norms.dtype).tiny  # no direction, no angle
     norms = jnp.sqrt(jnp.where(zero_end, 1.0, squared_norms))
     cos = jnp.dot(a_flat, b_flat) / (norms[0] * norms[1])
-    linear = zero_end | (cos > 1 - 1e-6)
+    linear = zero_end | (jnp.abs(cos) > 1 - 1e-6)
     angle = jnp.arccos(jnp.clip(jnp.where(linear, 0.0, cos), -1.0, 1.0))
     safe = jnp.where(linear, 1.0, jnp.sin(angle))
     spherical = (jnp.sin((1 - t) * angle) * a + jnp.sin(t * angle) * b) / safe
@@ -65,6 +66,8 @@ def interpolate(
     Returns:
       (num_points, *event) decoded points, `x_start` first and `x_end` last.
     """
+    if not is_positive_int(num_points) or num_points < 2:
+        raise ValueError(f"interpolate: num_points counts both ends and must be an int >= 2, got {num_points!r}.")
     z = encode(flow, params, jnp.stack([x_start, x_end]), context, key=key)
     t = jnp.linspace(0.0, 1.0, num_points)
     if spherical:
@@ -76,6 +79,9 @@ def interpolate(
 
 def attribute_vector(flow: Flow, params, x_with, x_without, context=None, *, key=None):
     """Glow's attribute direction: mean latent of `x_with` minus mean latent of `x_without`."""
+    for label, group in (("x_with", x_with), ("x_without", x_without)):
+        if jnp.shape(group)[:1] == (0,):
+            raise ValueError(f"attribute_vector: {label} is an empty batch; each group needs at least one example.")
     key_with, key_without = (None, None) if key is None else jax.random.split(key)
     mean_with = encode(flow, params, x_with, context, key=key_with).mean(0)
     return mean_with - encode(flow, params, x_without, context, key=key_without).mean(0)
@@ -96,6 +102,8 @@ def sample_with_temperature(flow: Flow, params, key, num_samples: int, temperatu
     """
     if flow.base.name not in ("standard_normal", "diagonal_normal"):
         raise ValueError(f"temperature sampling needs a Gaussian base, got {flow.base.name}.")
+    if not is_positive_int(num_samples):
+        raise ValueError(f"sample_with_temperature: num_samples must be a positive int, got {num_samples!r}.")
     refuse_concrete("sample_with_temperature", temperature > 0, f"temperature must be positive, got {temperature}.")
     noise_key, bijector_key = jax.random.split(key)
     z = jax.vmap(flow.base.sample, in_axes=(None, 0))(params["base"], jax.random.split(noise_key, num_samples))

@@ -216,3 +216,16 @@ def test_with_noisy_log_det_keeps_the_values_and_adds_zero_mean_noise_from_the_k
         base.transform(noisy, "forward", params, x)
     with pytest.raises(ValueError, match="stochastic already"):
         with_noisy_log_det(noisy)
+
+
+def test_factor_out_of_a_stochastic_layer_is_stochastic_and_hands_it_the_key():
+    shape = (2, 2, 4)
+    inner = with_noisy_log_det(jb.shift((2, 2, 2)))
+    layer = jb.factor_out(inner, shape)
+    params, x, key = inner.init(jax.random.key(0)), jnp.ones(shape), jax.random.key(1)
+    assert layer.stochastic
+    for direction in ("forward", "inverse"):
+        y, log_det = getattr(layer, direction)(params, x, key=key)
+        inner_y, inner_log_det = getattr(inner, direction)(params, x[..., :2], key=key)
+        np.testing.assert_array_equal(y, jnp.concatenate([inner_y, x[..., 2:]], axis=-1))
+        assert log_det == inner_log_det != 0.0

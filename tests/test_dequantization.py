@@ -147,6 +147,14 @@ def _noise_flow():
     return variational_dequantization(jf.Flow(jf.standard_normal(2), jb.chain(*couplings), context_shape=(2,)))
 
 
+def test_a_noise_flow_not_confined_to_the_unit_cell_is_refused():
+    model, model_params = _logit_normal_flow(np.array([0.3, -0.5]), np.array([0.5, 0.7]))
+    unsquashed = jf.Flow(jf.standard_normal(2), jb.affine(2), context_shape=(2,))  # u anywhere on R^2: no bound
+    noise_params, x = unsquashed.init(jax.random.key(1)), jnp.zeros((1, 2), int)
+    with pytest.raises(ValueError, match=r"must draw u in \(0, 1\)\^D.*variational_dequantization"):
+        dequantized_log_likelihood_bound(jax.random.key(0), model, model_params, unsquashed, noise_params, x, 4)
+
+
 @pytest.mark.slow
 def test_variational_bound_beats_the_uniform_one_after_training():
     loc, scale, num_levels = np.array([0.3, -0.5]), np.array([0.5, 0.7]), 2

@@ -187,3 +187,23 @@ def test_validation_inside_grad_and_vmap_is_fast_and_silent_on_good_input():
     params = flow.init(jax.random.key(0))
     grads = jf.validation.checked(jax.grad(lambda p, x: flow.log_prob(p, x).mean()))(params, jnp.ones((1024, DIM)))
     assert all(jnp.isfinite(leaf).all() for leaf in jax.tree.leaves(grads))
+
+
+def test_lu_linear_log_diagonal_whose_exp_is_not_a_normal_float_is_refused():
+    bijector = jb.lu_linear(DIM)
+    for value in (-120.0, 100.0):  # exp underflows to 0 (W singular) or overflows (W infinite) in float32
+        params = bijector.init(None) | {"log_diag": jnp.array([value, 0.0, 0.0])}
+        for direction in (bijector.forward, bijector.inverse):
+            with pytest.raises(ValueError, match=r"lu_linear: params\['log_diag'\] must lie in \(-87.3, 88.7\)"):
+                direction(params, jnp.ones(DIM))
+
+
+def test_factor_out_needs_channels_to_split():
+    with pytest.raises(ValueError, match=r"C >= 2 channels to split, got \(4, 4, 1\)"):
+        jb.factor_out(jb.shift((4, 4, 0)), (4, 4, 1))
+
+
+@pytest.mark.parametrize("bound", [np.inf, np.nan, 0.0])
+def test_spline_bound_must_be_positive_and_finite(bound):
+    with pytest.raises(ValueError, match="bound must be positive and finite"):
+        jb.rational_quadratic_spline(bound=bound)

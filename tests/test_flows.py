@@ -138,6 +138,15 @@ def test_actnorm_data_init_refuses_degenerate_batches():
         initialize_from_data(layer, params, jnp.ones((1, 3)))
 
 
+def test_actnorm_data_init_on_scalar_events_standardises_the_batch():
+    batch = 3.0 + 2.0 * jax.random.normal(jax.random.key(1), (64,))
+    layer = actnorm(())
+    params, x = initialize_from_data(layer, layer.init(jax.random.key(0)), batch)
+    assert params["shift"].shape == params["log_scale"].shape == ()
+    np.testing.assert_allclose([x.mean(), x.std()], [0.0, 1.0], atol=1e-5)
+    np.testing.assert_allclose(jax.vmap(layer.inverse, in_axes=(None, 0))(params, batch)[0], x, atol=1e-6)
+
+
 def test_actnorm_data_init_leaves_constant_channels_unscaled_through_a_stack():
     noise = jax.random.normal(jax.random.key(1), (256, 4))
     # A tiny but real spread; a small one far from zero; a constant.

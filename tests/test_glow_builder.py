@@ -110,13 +110,17 @@ def test_data_init_standardises_what_enters_every_step_through_non_identity_laye
     check_steps_by_hand(params[1][1], level2_input)
 
 
-def test_compile_size_does_not_grow_with_depth():
-    def equations(steps):
-        flow = glow(SHAPE, levels=2, steps_per_level=steps, **NETWORK)
-        params = jax.eval_shape(flow.init, jax.random.key(0))
-        return len(jax.make_jaxpr(flow.log_prob)(params, jnp.zeros((2, *SHAPE))).eqns)
+def test_looped_steps_keep_the_program_flat_in_depth_and_unrolled_ones_grow_it():
+    """Counts convolutions in the compiled program: a loop holds one step's, an unrolled level one per step."""
 
-    assert equations(1) == equations(5)
+    def convolutions(steps, unroll):
+        flow = glow(SHAPE, levels=2, steps_per_level=steps, unroll=unroll, **NETWORK)
+        params = jax.eval_shape(flow.init, jax.random.key(0))
+        compiled = jax.jit(flow.log_prob).lower(params, jnp.zeros((2, *SHAPE))).compile()
+        return compiled.as_text().count(" convolution(")
+
+    assert convolutions(1, unroll=1) == convolutions(5, unroll=1)
+    assert convolutions(5, unroll=True) > convolutions(1, unroll=True)
 
 
 @pytest.mark.parametrize(

@@ -94,10 +94,24 @@ def test_spherical_interpolation_from_a_zero_latent_is_linear_and_nan_free():
     np.testing.assert_allclose(spherical, linear, atol=1e-6)
     assert np.all(np.isfinite(grad))
     # Ends in one direction (x_end's latent scaled by 2): cos = 1, where arccos's gradient is infinite.
-    parallel = params["bijector"]["shift"] + 2 * (x_end - params["bijector"]["shift"])
-    _, spherical, linear, grad = paths_and_grad(parallel)
-    np.testing.assert_allclose(spherical, linear, rtol=1e-5, atol=1e-5)
-    assert np.all(np.isfinite(grad))
+    # Ends in opposite directions (scaled by -2): cos = -1, no single great circle, the straight line.
+    for scale in (2.0, -2.0):
+        collinear = params["bijector"]["shift"] + scale * (x_end - params["bijector"]["shift"])
+        _, spherical, linear, grad = paths_and_grad(collinear)
+        np.testing.assert_allclose(spherical, linear, rtol=1e-5, atol=1e-5)
+        assert np.all(np.isfinite(grad))
+
+
+def test_latent_tools_refuse_degenerate_arguments():
+    flow = jf.Flow(jf.standard_normal(3), jb.affine(3))
+    params, x = flow.init(jax.random.key(0)), jnp.ones((2, 3))
+    for num_points in (0, 1, 2.5):
+        with pytest.raises(ValueError, match=r"num_points counts both ends and must be an int >= 2"):
+            latent.interpolate(flow, params, x[0], x[1], num_points)
+    with pytest.raises(ValueError, match="x_without is an empty batch"):
+        latent.attribute_vector(flow, params, x, x[:0])
+    with pytest.raises(ValueError, match="num_samples must be a positive int, got -2"):
+        latent.sample_with_temperature(flow, params, jax.random.key(0), -2, 0.7)
 
 
 def test_temperature_can_be_traced_under_jit_and_vmap(model):

@@ -29,7 +29,7 @@ def actnorm(shape) -> Bijector:
     def data_init(params, y, context=None):
         del params, context
         y = _check_batch(y, shape)
-        axes = tuple(range(y.ndim - 1))
+        axes = tuple(range(y.ndim - 1 if shape else y.ndim))  # all but the channel axis (scalar events: none)
         mean, std = jnp.mean(y, axis=axes), jnp.std(y, axis=axes)
         constant = std <= ROUNDING_SPREAD * jnp.finfo(y.dtype).eps * jnp.abs(mean)
         log_scale = jnp.log(jnp.where(constant, 1.0, std))

@@ -162,7 +162,7 @@ def chain(*bijectors: Bijector, name: str = "chain") -> Bijector:
 
     has_data_init = any(b.data_init is not None for b in bijectors)
     return Bijector(
-        init, *_maybe_keyless(forward, inverse, stochastic), name, stochastic, data_init if has_data_init else None
+        init, *maybe_keyless(forward, inverse, stochastic), name, stochastic, data_init if has_data_init else None
     )
 
 
@@ -257,7 +257,7 @@ def stack(
     stochastic = prototype.stochastic
     return Bijector(
         init,
-        *_maybe_keyless(forward, inverse, stochastic),
+        *maybe_keyless(forward, inverse, stochastic),
         name,
         stochastic,
         data_init if prototype.data_init is not None else None,
@@ -305,7 +305,7 @@ def _merge_layer_params(sliced, selected, index):
     return jax.tree.map(merge, sliced, selected, is_leaf=lambda leaf: leaf is None)
 
 
-def _maybe_keyless(forward, inverse, stochastic):
+def maybe_keyless(forward, inverse, stochastic):
     """Deterministic combinators expose the plain three-argument signature."""
     if stochastic:
         return forward, inverse

@@ -22,8 +22,11 @@ def lu_linear(shape) -> Bijector:
     """y = W x + b over the last axis with W = L U, always invertible.
 
     L is unit lower-triangular, U upper-triangular with a positive diagonal
-    exp(log_diag), so det W > 0 for every value of the params and the inverse is two
-    triangular solves. Starts at the identity.
+    exp(log_diag), so det W > 0 wherever exp(log_diag) is a normal float of the event's
+    dtype (|log_diag| below about 87 in float32; an eager call refuses others), and the
+    inverse is two triangular solves. Starts at the identity. Without Glow's fixed
+    permutation P in front, W ranges over the matrices whose leading principal minors
+    are positive; a `permutation` layer beside it reaches the others.
 
     Params: {"lower": (C, C), "upper": (C, C), "log_diag": (C,), "bias": (C,)}; only
     the strict triangles of "lower" and "upper" are used.
@@ -40,6 +43,7 @@ def lu_linear(shape) -> Bijector:
         return {name: jnp.zeros(param_shape) for name, param_shape in shapes.items()}
 
     def factors(params):
+        _refuse_unrepresentable(params["log_diag"])
         eye = jnp.eye(channels, dtype=params["log_diag"].dtype)
         lower = jnp.tril(params["lower"], -1) + eye
         upper = jnp.triu(params["upper"], 1) + jnp.diag(jnp.exp(params["log_diag"]))
@@ -64,6 +68,17 @@ def lu_linear(shape) -> Bijector:
         return x.T.reshape(shape), -_positions(shape) * jnp.sum(params["log_diag"])
 
     return Bijector(init, forward, inverse, "lu_linear")
+
+
+def _refuse_unrepresentable(log_diag) -> None:
+    """Refuses (eagerly) a log-diagonal whose exp underflows to 0 or overflows: W singular or infinite."""
+    info = jnp.finfo(log_diag.dtype)
+    low, high = np.log(info.tiny), np.log(info.max)
+    refuse_concrete(
+        "lu_linear", jnp.all((log_diag > low) & (log_diag < high)),
+        f"params['log_diag'] must lie in ({low:.1f}, {high:.1f}) for {log_diag.dtype}, where exp of it is a normal "
+        f"float (else W is singular or infinite), got values in [{jnp.min(log_diag)}, {jnp.max(log_diag)}].",
+    )
 
 
 def linear(shape) -> Bijector:

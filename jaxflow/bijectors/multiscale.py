@@ -18,7 +18,7 @@ import jax.numpy as jnp
 
 from jaxflow.bijectors import transformers
 from jaxflow.bijectors._checks import as_shape, check_event, is_positive_int
-from jaxflow.bijectors.base import Bijector, chain, initialize_from_data, invert, stack
+from jaxflow.bijectors.base import Bijector, chain, initialize_from_data, invert, maybe_keyless, stack, transform
 from jaxflow.bijectors.image import glow_step, image_coupling, squeeze
 
 
@@ -26,28 +26,33 @@ def factor_out(inner: Bijector, shape) -> Bijector:
     """Applies `inner` to the first C // 2 channels of an event (H, W, C); the rest pass unchanged.
 
     The channels that pass unchanged are the factored-out ones of a multi-scale flow.
-    Params: `inner`'s.
+    Params: `inner`'s. A stochastic `inner` makes the result stochastic (it takes `key=`).
     """
     shape = as_shape(shape)
+    if len(shape) != 3 or shape[-1] < 2:
+        raise ValueError(f"factor_out: expected an event shape (H, W, C) with C >= 2 channels to split, got {shape}.")
     kept = shape[-1] // 2
     name = f"factor_out({inner.name})"
 
-    def run(direction, params, x, context):
+    def run(direction, params, x, context, key):
         x = check_event(name, x, shape)
-        y, log_det = getattr(inner, direction)(params, x[..., :kept], context)
+        y, log_det = transform(inner, direction, params, x[..., :kept], context, key)
         return jnp.concatenate([y, x[..., kept:]], axis=-1), log_det
 
-    def forward(params, x, context=None):
-        return run("forward", params, x, context)
+    def forward(params, x, context=None, *, key=None):
+        return run("forward", params, x, context, key)
 
-    def inverse(params, y, context=None):
-        return run("inverse", params, y, context)
+    def inverse(params, y, context=None, *, key=None):
+        return run("inverse", params, y, context, key)
 
     def data_init(params, y, context=None):
         params, x = initialize_from_data(inner, params, y[..., :kept], context)
         return params, jnp.concatenate([x, y[..., kept:]], axis=-1)
 
-    return Bijector(inner.init, forward, inverse, name, data_init=data_init if inner.data_init is not None else None)
+    return Bijector(
+        inner.init, *maybe_keyless(forward, inverse, inner.stochastic), name, inner.stochastic,
+        data_init if inner.data_init is not None else None,
+    )
 
 
 def multiscale(
@@ -67,7 +72,7 @@ def multiscale(
     """Glow's multi-scale flow on images of `shape` (H, W, C), with latents of the same shape.
 
     Level l (from 1) works at resolution (H / 2^l, W / 2^l): squeeze, then `steps_per_level`
-    `glow_step`s under `stack` (compile time flat in depth), then, except at the last level,
+    `glow_step`s under `stack` (looped, compile time flat in depth; see `unroll`), then, except at the last level,
     half of the channels leave for the base. Run `jaxflow.initialize_from_data` once on a
     data batch to initialise every actnorm.
 

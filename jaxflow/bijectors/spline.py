@@ -33,8 +33,8 @@ from jaxflow.bijectors.transformers import Transformer, softplus_inverse, unstac
 def _check_config(num_bins, bound, min_bin_width, min_bin_height, min_derivative):
     if not is_positive_int(num_bins):
         raise ValueError(f"rational_quadratic_spline: num_bins must be a positive int, got {num_bins!r}.")
-    if not bound > 0:
-        raise ValueError(f"rational_quadratic_spline: bound must be positive, got {bound!r}.")
+    if not 0 < bound < float("inf"):
+        raise ValueError(f"rational_quadratic_spline: bound must be positive and finite, got {bound!r}.")
     for label, size in (("min_bin_width", min_bin_width), ("min_bin_height", min_bin_height)):
         if not 0 < size * num_bins < 1:
             raise ValueError(

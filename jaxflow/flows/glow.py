@@ -32,7 +32,8 @@ def glow(
     (space-to-depth, (h, w, c) -> (h/2, w/2, 4c)), runs `steps_per_level` Glow steps
     (actnorm, invertible 1x1 convolution, channel coupling with a residual-CNN
     conditioner) as one `lax.scan`, and, except at the last scale, factors half of the
-    channels out to the base. Compile time does not grow with `steps_per_level`.
+    channels out to the base. Looped (`unroll=1`, the default off CPU), compile time does
+    not grow with `steps_per_level`; on CPU the default unrolls the steps (see `multiscale`).
 
     Fresh params are the identity. Before training, set every actnorm from a data batch:
 
