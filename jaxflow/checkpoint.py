@@ -18,13 +18,16 @@ which suits one process, its arrays on one device or replicated over a mesh.
              the history arrays (orbax cannot store empty ones: those are
              rebuilt from their shape in `meta`)
     meta/    JSON: format, jaxflow version, the params fingerprint, the path,
-             shape and dtype of every leaf and history array, and the PRNG key
+             shape and dtype of every leaf and history array, the PRNG key and
+             the snapshot's origin (which fit of which flow wrote it)
 
 Restoring needs a template, e.g. the freshly initialised `TrainState`: the
 checkpoint's leaves are compared with the template's path by path before the
 restore (and the restored arrays again after it), and any difference in tree
 structure, shape or dtype raises a ValueError naming the leaf. orbax alone
 would silently truncate or pad an array into a template of another shape.
+Two models can share every leaf (MAF and IAF layers of one size), so the fits
+also record and compare an origin, e.g. "forward_kl.fit of stack(chain(...))".
 """
 
 from __future__ import annotations
@@ -53,12 +56,14 @@ class Snapshot(NamedTuple):
       key: the run's PRNG key (a typed key or a legacy uint32 key).
       history: name -> numpy array, the history so far.
       extra: any other pytree of arrays the run needs to resume (None for none).
+      origin: what wrote it, e.g. which fit of which flow (None: not recorded).
     """
 
     state: Any
     key: jax.Array
     history: dict
     extra: Any = None
+    origin: str | None = None
 
 
 def save(directory, snapshot: Snapshot, *, keep: int = 3) -> int:
@@ -81,6 +86,7 @@ def save(directory, snapshot: Snapshot, *, keep: int = 3) -> int:
         "leaves": _listing(tree),
         "history": {name: _describe(values) for name, values in history.items()},
         "key": _key_to_json(snapshot.key),
+        "origin": snapshot.origin,
     }
     arrays = {
         "leaves": [np.asarray(leaf) for leaf in jax.tree.leaves(tree)],
@@ -100,7 +106,7 @@ def latest(directory) -> int | None:
         return manager.latest_step()
 
 
-def restore(directory, state, *, extra=None, step: int | None = None) -> Snapshot:
+def restore(directory, state, *, extra=None, step: int | None = None, origin: str | None = None) -> Snapshot:
     """The snapshot at `step` (default: the newest) in `directory`, shaped like the templates `state` and `extra`.
 
     Args:
@@ -108,6 +114,8 @@ def restore(directory, state, *, extra=None, step: int | None = None) -> Snapsho
       state: a template of the saved state, e.g. the freshly initialised `TrainState`.
       extra: a template of the saved `extra` (None if none was saved).
       step: which checkpoint; None for the newest.
+      origin: the origin the checkpoint must record (None: any). A checkpoint that
+        records none (written before jaxflow recorded origins) is accepted.
 
     Returns:
       the `Snapshot`, its arrays as numpy arrays of the templates' dtypes.
@@ -115,8 +123,8 @@ def restore(directory, state, *, extra=None, step: int | None = None) -> Snapsho
     Raises:
       FileNotFoundError: if there is no complete checkpoint (at `step`).
       ValueError: if the checkpoint's leaves differ from the templates' in
-        structure, shape or dtype (the message names the leaves), or it was
-        written in another format.
+        structure, shape or dtype (the message names the leaves), it records
+        another origin, or it was written in another format.
     """
     step = latest(directory) if step is None else int(step)
     if step is None or not os.path.isdir(directory):
@@ -128,6 +136,12 @@ def restore(directory, state, *, extra=None, step: int | None = None) -> Snapsho
         meta = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
         if meta.get("format") != FORMAT:
             raise ValueError(f"{where} has format {meta.get('format')!r}; this jaxflow reads format {FORMAT}.")
+        saved_origin = meta.get("origin")
+        if origin is not None and saved_origin is not None and saved_origin != origin:
+            raise ValueError(
+                f"{where} was written by {saved_origin}; this run is {origin}. Pass a fresh directory to start "
+                "a new run."
+            )
         template = {"state": state, "extra": extra}
         _check_same_leaves(where, meta, template)
         empty_history = {name: np.zeros(shape, dtype) for name, (shape, dtype) in meta["history"].items()}
@@ -139,7 +153,7 @@ def restore(directory, state, *, extra=None, step: int | None = None) -> Snapsho
     restored = jax.tree.unflatten(jax.tree.structure(template), arrays["arrays"]["leaves"])
     _check_same_leaves(where, meta, restored)
     history = empty_history | arrays["arrays"].get("history", {})
-    return Snapshot(restored["state"], _key_from_json(meta["key"]), history, restored["extra"])
+    return Snapshot(restored["state"], _key_from_json(meta["key"]), history, restored["extra"], saved_origin)
 
 
 def fingerprint(params) -> str:

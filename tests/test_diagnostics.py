@@ -71,6 +71,20 @@ def test_a_target_equal_to_q_gives_flat_weights():
     assert float(diagnostics.pareto_k(jnp.zeros(100))) == -np.inf  # exactly equal weights: bounded
 
 
+def test_weights_tied_at_the_tail_cutoff_fit_only_those_above_it():
+    # Two weight values: the tail's cutoff ties with most of it; the weights are bounded (k < 0), never NaN.
+    rng = np.random.default_rng(0)
+    log_weights = np.where(rng.random(4000) < 0.02, 0.5, 0.0)
+    assert float(diagnostics.pareto_k(log_weights)) < 0
+    # Fitting the largest draws of a sample equals fitting them alone.
+    x = stats.genpareto.rvs(0.5, size=400, random_state=rng)
+    top = np.sort(x)[-150:]
+    np.testing.assert_allclose(
+        diagnostics.fit_generalized_pareto(np.concatenate([np.zeros(250), top]), num_fitted=150),
+        diagnostics.fit_generalized_pareto(top), rtol=1e-5,
+    )
+
+
 def test_ess_and_log_evidence_of_a_shifted_normal_target():
     # q = N(0, I), p = N(m, I): E_q[w] = 1 and E_q[w^2] = exp(|m|^2), so ess -> exp(-|m|^2).
     num_samples = 20_000

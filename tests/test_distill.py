@@ -67,7 +67,8 @@ def test_loss_is_zero_and_sticking_the_landing_gradient_vanishes_for_a_copy_of_t
     assert stl_norm < 1e-5 < 1e-2 < loss_and_gradient_norm(False)[1]  # the score term alone is noise
 
 
-def test_sticking_the_landing_hands_a_stochastic_student_a_key_of_its_own():
+def test_sticking_the_landing_hands_a_stochastic_student_a_key():
+    """The STL pass needs a key for a stochastic log-det (without one `log_prob` raises); its noise averages out."""
     noisy_student = jf.Flow(jf.standard_normal(2), with_noisy_log_det(jf.bijectors.affine(2)))
     teacher, num_samples = gaussian_teacher(), 256
 

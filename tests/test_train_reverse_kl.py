@@ -73,7 +73,8 @@ def test_sticking_the_landing_gradient_vanishes_when_q_is_the_target():
     assert gradient_norm(True) < 1e-5 < 1e-2 < gradient_norm(False)  # the score term alone is noise
 
 
-def test_sticking_the_landing_hands_stochastic_log_dets_a_key_of_their_own():
+def test_sticking_the_landing_hands_stochastic_log_dets_a_key():
+    """The STL pass needs a key for a stochastic log-det (without one `log_prob` raises); its noise averages out."""
     target, num_samples = shifted_normal(jnp.array([0.6, -0.3])), 256
     noisy_flow = jf.Flow(jf.standard_normal(2), with_noisy_log_det(jf.bijectors.affine(2)))
     flows = {"exact": affine_flow(), "noisy": noisy_flow}

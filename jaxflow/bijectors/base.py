@@ -121,16 +121,18 @@ def _invert_data_init(bijector):
     return data_init
 
 
-def chain(*bijectors: Bijector, name: str = "chain") -> Bijector:
+def chain(*bijectors: Bijector, name: str | None = None) -> Bijector:
     """Composes bijectors; the first listed is applied first in `forward`.
 
     `chain(a, b).forward(x) = b.forward(a.forward(x))`. Params are a tuple, one
     entry per member. For many layers of one kind use `stack`, which compiles once.
+    The name defaults to "chain(<a's name>, <b's name>)".
     """
     if not bijectors:
         raise ValueError("chain needs at least one bijector")
     stochastic = any(b.stochastic for b in bijectors)
-    labels = [f"{name}[{i}] {b.name}" for i, b in enumerate(bijectors)]
+    labels = [f"{name or 'chain'}[{i}] {b.name}" for i, b in enumerate(bijectors)]
+    name = name or f"chain({', '.join(b.name for b in bijectors)})"
 
     def init(key):
         keys = jax.random.split(key, len(bijectors))

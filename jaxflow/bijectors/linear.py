@@ -72,12 +72,15 @@ def lu_linear(shape) -> Bijector:
 
 def _refuse_unrepresentable(log_diag) -> None:
     """Refuses (eagerly) a log-diagonal whose exp underflows to 0 or overflows: W singular or infinite."""
+    if isinstance(log_diag, jax.core.Tracer):
+        return
     info = jnp.finfo(log_diag.dtype)
     low, high = np.log(info.tiny), np.log(info.max)
+    values = np.asarray(log_diag)
     refuse_concrete(
-        "lu_linear", jnp.all((log_diag > low) & (log_diag < high)),
+        "lu_linear", np.all((values > low) & (values < high)),
         f"params['log_diag'] must lie in ({low:.1f}, {high:.1f}) for {log_diag.dtype}, where exp of it is a normal "
-        f"float (else W is singular or infinite), got values in [{jnp.min(log_diag)}, {jnp.max(log_diag)}].",
+        f"float (else W is singular or infinite), got values in [{values.min()}, {values.max()}].",
     )
 
 

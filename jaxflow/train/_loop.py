@@ -135,21 +135,21 @@ def run(
 
 
 def run_resumable(
-    run_chunk: RunChunk, state: TrainState, num_steps: int, *, key, checkpoint_dir=None, checkpoint_every: int = 1000,
-    mesh=None, **options,
+    run_chunk: RunChunk, state: TrainState, num_steps: int, *, key, origin: str, checkpoint_dir=None,
+    checkpoint_every: int = 1000, mesh=None, **options,
 ) -> tuple[TrainState, dict]:
     """`run` from the newest checkpoint in `checkpoint_dir` of the run started with `key`, else from `state`.
 
-    The state is replicated over `mesh` (if any) and checkpoints are written as `run` says;
-    `options` are `run`'s other keyword arguments.
+    The state is replicated over `mesh` (if any) and checkpoints are written as `run` says,
+    recording `origin` (see `origin_of`); `options` are `run`'s other keyword arguments.
     """
-    snapshot = resume(checkpoint_dir, key, state)
+    snapshot = resume(checkpoint_dir, key, state, origin=origin)
     return run(
         run_chunk,
         sharding.replicate(state if snapshot is None else snapshot.state, mesh),
         num_steps,
         history=None if snapshot is None else snapshot.history,
-        save=saver(checkpoint_dir, key),
+        save=saver(checkpoint_dir, key, origin=origin),
         checkpoint_every=checkpoint_every,
         **options,
     )
@@ -168,14 +168,20 @@ def _history_from(previous: dict | None, num_steps: int) -> tuple[int, dict]:
     return done, history
 
 
-def resume(directory, key, state: TrainState, extra=None):
+def origin_of(fit: str, flow) -> str:
+    """What a fit's checkpoints record of the run: the fit, and the flow's layers (by name) and base."""
+    return f"{fit} of {flow.bijector.name} on a {flow.base.name} base"
+
+
+def resume(directory, key, state: TrainState, extra=None, *, origin: str):
     """The `jaxflow.checkpoint.Snapshot` to continue a fit from: the newest in `directory`.
 
     None if `directory` is None or holds no complete checkpoint.
 
     Raises:
       ValueError: if the checkpoint is of another model or optimizer (see
-        `jaxflow.checkpoint.restore`), or of a run started with another key.
+        `jaxflow.checkpoint.restore`), was written by another fit or flow than
+        `origin` says, or by a run started with another key.
     """
     if directory is None:
         return None
@@ -183,7 +189,7 @@ def resume(directory, key, state: TrainState, extra=None):
 
     if checkpoint.latest(directory) is None:
         return None
-    snapshot = checkpoint.restore(directory, state, extra=extra)
+    snapshot = checkpoint.restore(directory, state, extra=extra, origin=origin)
     if not _same_key(snapshot.key, key):
         raise ValueError(
             f"the checkpoint in {directory} belongs to a run started with another key; pass that run's key to "
@@ -193,11 +199,13 @@ def resume(directory, key, state: TrainState, extra=None):
     return snapshot._replace(state=on_device(snapshot.state), extra=on_device(snapshot.extra))
 
 
-def saver(directory, key, extras: Callable[[TrainState], tuple[dict, object]] | None = None) -> Save | None:
+def saver(
+    directory, key, extras: Callable[[TrainState], tuple[dict, object]] | None = None, *, origin: str
+) -> Save | None:
     """`save(state, history)` writing a checkpoint of the run started with `key` to `directory` (None: no saver).
 
     `extras(state) -> (more_history, extra)` adds what else the fit needs to
-    resume (e.g. the validation losses and the best params so far).
+    resume (e.g. the validation losses and the best params so far); `origin` is recorded.
     """
     if directory is None:
         return None
@@ -205,7 +213,7 @@ def saver(directory, key, extras: Callable[[TrainState], tuple[dict, object]] | 
 
     def save(state: TrainState, history: dict) -> None:
         more_history, extra = ({}, None) if extras is None else extras(state)
-        checkpoint.save(directory, checkpoint.Snapshot(state, key, history | more_history, extra))
+        checkpoint.save(directory, checkpoint.Snapshot(state, key, history | more_history, extra, origin))
 
     return save
 

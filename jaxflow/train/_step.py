@@ -52,15 +52,20 @@ class StepInfo(NamedTuple):
 
 
 def init_state(params: Params, optimizer: optax.GradientTransformation) -> TrainState:
-    """A fresh `TrainState` at step 0."""
+    """A fresh `TrainState` at step 0, its params as JAX arrays of JAX's dtypes.
+
+    NumPy float64 params become float32 (without `jax_enable_x64`) here, as a jitted step would
+    make them after the first chunk, so that checkpoints match the state a resumed run starts from.
+    """
+    params = jax.tree.map(jnp.asarray, params)
     return TrainState(params, optimizer.init(params), jnp.zeros((), jnp.int32))
 
 
 def with_clipping(
-    optimizer: optax.GradientTransformation | None, clip_norm: float | None, *, learning_rate: float = 1e-3
+    optimizer: optax.GradientTransformation | None, clip_norm: float | None
 ) -> optax.GradientTransformation:
-    """`optimizer` (default `optax.adam(learning_rate)`), preceded by global-norm clipping if `clip_norm` is set."""
-    optimizer = optax.adam(learning_rate) if optimizer is None else optimizer
+    """`optimizer` (default `optax.adam(1e-3)`), preceded by global-norm clipping if `clip_norm` is set."""
+    optimizer = optax.adam(1e-3) if optimizer is None else optimizer
     if clip_norm is None:
         return optimizer
     if not clip_norm > 0:

@@ -94,8 +94,9 @@ def pareto_k(log_weights) -> jax.Array:
 
     Fits a generalized Pareto distribution to the M largest weights in excess of
     the (M+1)-th largest, then shrinks the estimate towards 0.5 with the weak
-    prior of PSIS (10 pseudo-observations). Weights whose tail is flat (all equal)
-    give -inf: they are bounded, the best case.
+    prior of PSIS (10 pseudo-observations). Only weights strictly above that cutoff
+    are fitted (as in PSIS): ties with it are dropped. Weights whose tail is flat (no
+    weight above the cutoff) give -inf: they are bounded, the best case.
     """
     log_weights = jnp.ravel(jnp.asarray(log_weights))
     num_tail = tail_size(log_weights.shape[0])
@@ -106,12 +107,13 @@ def pareto_k(log_weights) -> jax.Array:
     largest = jnp.sort(log_weights)[-(num_tail + 1) :]
     peak = largest[-1]
     exceedances = jnp.exp(largest[1:] - peak) - jnp.exp(largest[0] - peak)
-    k, _ = fit_generalized_pareto(exceedances)
-    k = (num_tail * k + _PRIOR_STRENGTH * _PRIOR_SHAPE) / (num_tail + _PRIOR_STRENGTH)
-    return jnp.where(exceedances[-1] > 0, k, -jnp.inf)
+    num_fitted = jnp.sum(exceedances > 0)
+    k, _ = fit_generalized_pareto(exceedances, num_fitted=num_fitted)
+    k = (num_fitted * k + _PRIOR_STRENGTH * _PRIOR_SHAPE) / (num_fitted + _PRIOR_STRENGTH)
+    return jnp.where(num_fitted > 0, k, -jnp.inf)
 
 
-def fit_generalized_pareto(x) -> tuple[jax.Array, jax.Array]:
+def fit_generalized_pareto(x, *, num_fitted=None) -> tuple[jax.Array, jax.Array]:
     """Shape k and scale sigma of a generalized Pareto distribution (location 0) fitted to x >= 0.
 
     The estimator of Zhang & Stephens (2009): the posterior mean of theta = -k / sigma
@@ -121,24 +123,31 @@ def fit_generalized_pareto(x) -> tuple[jax.Array, jax.Array]:
 
     Args:
       x: (n,) non-negative draws, sorted or not.
+      num_fitted: fit only the `num_fitted` largest draws (may be traced; >= 1); None: all.
 
     Returns:
       `(k, sigma)`, scalars.
     """
     x = jnp.sort(jnp.ravel(jnp.asarray(x)))
     n = x.shape[0]
+    count = n if num_fitted is None else jnp.maximum(num_fitted, 1)
+    fitted = jnp.arange(n) >= n - count
+
+    def mean(values):
+        return jnp.sum(jnp.where(fitted, values, 0.0)) / count
+
     num_grid = 30 + math.isqrt(n)
-    first_quartile = x[int(n / 4 + 0.5) - 1]
+    first_quartile = x[n - count + jnp.floor(count / 4 + 0.5).astype(int) - 1]
     j = jnp.arange(1, num_grid + 1, dtype=x.dtype)
     thetas = 1 / x[-1] + (1 - jnp.sqrt(num_grid / (j - 0.5))) / (3 * first_quartile)
-    log_likelihood = jax.vmap(lambda theta: _profile_log_likelihood(theta, x))(thetas)
+    log_likelihood = jax.vmap(lambda theta: _profile_log_likelihood(theta, x, mean, count))(thetas)
     weights = jax.nn.softmax(log_likelihood)
     theta = jnp.sum(weights * thetas)
-    k = jnp.mean(jnp.log1p(-theta * x))
+    k = mean(jnp.log1p(-theta * x))
     return k, -k / theta
 
 
-def _profile_log_likelihood(theta, x):
+def _profile_log_likelihood(theta, x, mean, count):
     """Log-likelihood of theta, maximised over the shape (in Zhang & Stephens' sign, minus ours)."""
-    negative_k = -jnp.mean(jnp.log1p(-theta * x))
-    return x.shape[0] * (jnp.log(theta / negative_k) + negative_k - 1)
+    negative_k = -mean(jnp.log1p(-theta * x))
+    return count * (jnp.log(theta / negative_k) + negative_k - 1)

@@ -28,6 +28,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxflow.train import _loop, sharding
+from jaxflow.train._checks import check_finite_rows
 from jaxflow.train._step import init_state, make_step, with_clipping
 
 
@@ -145,6 +146,7 @@ def fit(
         init_state(student_params, optimizer),
         num_steps,
         key=key,
+        origin=_loop.origin_of("distill.fit", student),
         checkpoint_dir=checkpoint_dir,
         checkpoint_every=checkpoint_every,
         mesh=mesh,
@@ -188,4 +190,5 @@ def _checked_contexts(student, teacher, contexts):
         raise ValueError(f"contexts should have shape {expected}, got {tuple(contexts.shape)}.")
     if contexts.shape[0] == 0 or not jnp.issubdtype(contexts.dtype, jnp.floating):
         raise ValueError(f"contexts must be a non-empty float array, got {contexts.dtype}{tuple(contexts.shape)}.")
+    check_finite_rows(contexts, "contexts")
     return contexts

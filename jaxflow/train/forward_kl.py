@@ -25,6 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxflow.train import _loop, sharding
+from jaxflow.train._checks import check_finite_rows, check_float
 from jaxflow.train._step import init_state, make_step, with_clipping
 
 DEFAULT_NUM_STEPS = 1000
@@ -155,7 +156,8 @@ def fit(
 
     tracker = None if valid is None else _BestOnValidation(flow, valid, patience, batch_size, validation_key)
     state, history = init_state(params, optimizer), None
-    snapshot = _loop.resume(checkpoint_dir, key, state, extra=None if tracker is None else params)
+    origin = _loop.origin_of("forward_kl.fit", flow)
+    snapshot = _loop.resume(checkpoint_dir, key, state, extra=None if tracker is None else state.params, origin=origin)
     if snapshot is not None:
         state, history = snapshot.state, snapshot.history
         if tracker is not None:
@@ -171,7 +173,7 @@ def fit(
         callbacks=(tracker, callback),
         description="forward KL",
         history=history,
-        save=_loop.saver(checkpoint_dir, key, None if tracker is None else tracker.checkpoint),
+        save=_loop.saver(checkpoint_dir, key, None if tracker is None else tracker.checkpoint, origin=origin),
         checkpoint_every=checkpoint_every,
     )
     if tracker is None or tracker.best_params is None or not restore_best:
@@ -303,14 +305,14 @@ def _checked(flow, data, context, what, dequantize):
     if data.shape[0] == 0:
         raise ValueError(f"{what} has no rows.")
     if dequantize is None:
-        _check_float(data, what, "pass dequantize=... for integer data")
+        check_float(data, what, "pass dequantize=... for integer data")
     else:
         noisy = jax.eval_shape(dequantize, jax.random.key(0), data)
         if noisy.shape != data.shape or not jnp.issubdtype(noisy.dtype, jnp.floating):
             raise TypeError(
                 f"dequantize must return floats of the input's shape {data.shape}, got {noisy.dtype}{noisy.shape}."
             )
-    _check_finite_rows(data, what)
+    check_finite_rows(data, what)
     return data, _checked_context(flow, context, data.shape[0], what)
 
 
@@ -324,7 +326,7 @@ def _checked_context(flow, context, num_rows, what):
             f"the flow is conditional: pass a context of shape (num_rows, *{flow.context_shape}) with {what}."
         )
     context = jnp.asarray(context)
-    _check_float(context, f"context of {what}", "cast it with .astype(jnp.float32)")
+    check_float(context, f"context of {what}", "cast it with .astype(jnp.float32)")
     if tuple(context.shape) == flow.context_shape:
         context = jnp.broadcast_to(context, (num_rows, *flow.context_shape))
     if tuple(context.shape) != (num_rows, *flow.context_shape):
@@ -332,22 +334,5 @@ def _checked_context(flow, context, num_rows, what):
             f"the context of {what} should have shape {(num_rows, *flow.context_shape)} (one per row) or "
             f"{flow.context_shape} (shared), got {tuple(context.shape)}."
         )
-    _check_finite_rows(context, f"context of {what}")
+    check_finite_rows(context, f"context of {what}")
     return context
-
-
-def _check_float(x, what, hint):
-    if not jnp.issubdtype(x.dtype, jnp.floating):
-        raise TypeError(f"{what}: expected a floating-point array, got dtype {x.dtype}; {hint}.")
-
-
-def _check_finite_rows(x, what):
-    if not jnp.issubdtype(x.dtype, jnp.inexact):
-        return
-    bad = ~jnp.all(jnp.isfinite(x.reshape(x.shape[0], -1)), axis=1)
-    count = int(bad.sum())
-    if count:
-        raise ValueError(
-            f"{what}: {count} of {x.shape[0]} rows contain NaN or inf (the first is row {int(jnp.argmax(bad))}); "
-            "remove or impute them before fitting."
-        )

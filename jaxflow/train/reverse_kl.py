@@ -190,6 +190,7 @@ def fit(
         init_state(params, optimizer),
         num_steps,
         key=key,
+        origin=_loop.origin_of("reverse_kl.fit", flow),
         checkpoint_dir=checkpoint_dir,
         checkpoint_every=checkpoint_every,
         mesh=mesh,
