@@ -146,8 +146,11 @@ def test_more_chunks_do_not_mean_more_compilations():
          jnp.zeros((4, 2)), r"shape \('num_contexts', 1\)"),
         (flows.iaf(2, layers=1, hidden=(4,), context_dim=1), flows.maf(2, layers=1, hidden=(4,), context_dim=1),
          jnp.zeros((4, 1), jnp.int32), "float"),
+        (flows.iaf(2, layers=1, hidden=(4,), context_dim=1), flows.maf(2, layers=1, hidden=(4,), context_dim=1),
+         jnp.zeros((4, 1)).at[2].set(jnp.nan), r"contexts: 1 of 4 rows contain NaN or inf \(the first is row 2\)"),
     ],
-    ids=["event", "context", "unexpected-contexts", "missing-contexts", "contexts-shape", "contexts-dtype"],
+    ids=["event", "context", "unexpected-contexts", "missing-contexts", "contexts-shape", "contexts-dtype",
+         "contexts-nan"],
 )
 def test_mismatched_flows_and_contexts_are_refused(student, teacher, contexts, message):
     with pytest.raises(ValueError, match=message):

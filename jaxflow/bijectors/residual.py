@@ -113,38 +113,47 @@ def contract(variables, *, num_layers: int, lipschitz: float):
     return {**variables, "params": layers}
 
 
-def fixed_point(step, start, *, tol: float, max_iter: int):
-    """Iterates x <- step(x) from `start` for a contraction `step` (in the 2-norm).
+def fixed_point(step, start, *, rate: float, tol: float, max_iter: int):
+    """Iterates x <- step(x) from `start` for a contraction `step` of Lipschitz constant <= `rate` < 1.
 
-    Stops once a step moves x by at most tol * |x|, once steps stop shrinking (for a
-    contraction they shrink until rounding dominates), or after `max_iter` steps.
+    A move by m leaves x within m rate / (1 - rate) of the fixed point, so the iteration
+    stops once a move is at most tol (1 - rate) |x|: x is then within about tol |x|. Where
+    rounding keeps the moves above that, it stops once no move has been the smallest yet for
+    2 / (1 - rate) steps (the steps a contraction at `rate` takes to halve its error twice
+    over, so slow but steady progress, whose moves round to equal sizes, is not mistaken for
+    rounding); and after `max_iter` steps in any case.
     """
+    patience = math.ceil(2 / (1 - rate))
 
     def keep_going(state):
-        x, moved, previous, iteration = state
-        return (iteration < max_iter) & (moved > tol * jnp.linalg.norm(x)) & (moved < previous)
+        x, moved, _, since_smallest, iteration = state
+        converged = moved <= tol * (1 - rate) * jnp.linalg.norm(x)
+        return (iteration < max_iter) & ~converged & (since_smallest < patience)
 
     def body(state):
-        x, moved, _, iteration = state
+        x, _, smallest, since_smallest, iteration = state
         new = step(x)
-        return new, jnp.linalg.norm(new - x), moved, iteration + 1
+        moved = jnp.linalg.norm(new - x)
+        since_smallest = jnp.where(moved < smallest, 0, since_smallest + 1)
+        return new, moved, jnp.minimum(moved, smallest), since_smallest, iteration + 1
 
     dtype = jnp.result_type(start)
-    state = (start, jnp.asarray(jnp.finfo(dtype).max, dtype), jnp.asarray(jnp.inf, dtype), jnp.zeros((), jnp.int32))
+    large = jnp.asarray(jnp.finfo(dtype).max, dtype)
+    state = (start, large, large, jnp.zeros((), jnp.int32), jnp.zeros((), jnp.int32))
     return jax.lax.while_loop(keep_going, body, state)[0]
 
 
-def solve_residual(g, z, *, tol: float, max_iter: int):
-    """The x with x + g(x) = z, for Lip(g) < 1; differentiable by the implicit function theorem."""
+def solve_residual(g, z, *, lipschitz: float, tol: float, max_iter: int):
+    """The x with x + g(x) = z, for Lip(g) <= lipschitz < 1; differentiable by the implicit function theorem."""
 
     def residual(x):
         return x + g(x) - z
 
     def solve(residual, guess):
-        return fixed_point(lambda x: x - residual(x), guess, tol=tol, max_iter=max_iter)
+        return fixed_point(lambda x: x - residual(x), guess, rate=lipschitz, tol=tol, max_iter=max_iter)
 
     def neumann_solve(matvec, b):  # (I + A) v = b as v <- b - A v, with ||A|| = ||J_g|| < 1 (A = J_g or J_g^T)
-        return fixed_point(lambda v: v - matvec(v) + b, b, tol=tol, max_iter=max_iter)
+        return fixed_point(lambda v: v - matvec(v) + b, b, rate=lipschitz, tol=tol, max_iter=max_iter)
 
     def tangent_solve(linearised, rhs):
         return jax.lax.custom_linear_solve(linearised, rhs, neumann_solve, neumann_solve)
@@ -235,8 +244,8 @@ def residual(
         average). The estimate's variance is finite where ||J_g(x)||_2^2 < 1 - p, and for
         every x and params when p < 1 - lipschitz^2; the default 0.5 favours speed and does
         not guarantee it once lipschitz^2 >= 0.5 (as at the default lipschitz).
-      fixed_point_tol: relative step size at which `forward` stops (default 4 eps of the
-        input's dtype; the iteration also stops when rounding stops its progress).
+      fixed_point_tol: relative error at which `forward`'s iteration stops (default 4 eps of
+        the input's dtype; it also stops when rounding stops its progress: see `fixed_point`).
       fixed_point_max_iter: iteration cap (default: twice the steps in which a contraction
         of rate `lipschitz` shrinks an error by eps of the input's dtype).
       context_dim: size of the context for a conditional block (fed to g's first layer).
@@ -289,7 +298,7 @@ def residual(
         eps = float(jnp.finfo(z.dtype).eps)
         tol = 4 * eps if fixed_point_tol is None else fixed_point_tol
         max_iter = fixed_point_max_iter or 2 * math.ceil(math.log(eps) / math.log(lipschitz))
-        x = solve_residual(functools.partial(g, inputs), z, tol=tol, max_iter=max_iter)
+        x = solve_residual(functools.partial(g, inputs), z, lipschitz=lipschitz, tol=tol, max_iter=max_iter)
         return x, -estimate(g, inputs, x, key)
 
     if log_det == "exact":

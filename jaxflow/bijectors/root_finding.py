@@ -16,7 +16,9 @@ then within `tol * (1 + |x|)` of the root; after a Newton step the error is of t
 order of the squared step, far below `tol`. `tol` defaults to 4 machine epsilons of
 the inputs' dtype. Bisection needs about log2(W / (tol (1 + |x|))) iterations for a
 bracket of width W, so the default `max_iter` = 100 covers brackets up to ~1e14
-(1 + |x|) wide in float64 (any in float32). Measured on random planar
+(1 + |x|) wide in float64 and ~6e23 (1 + |x|) in float32; beyond, `bisection` stops
+short of `tol` (a bracket of +-1e30 around 0.5 in float32 ends at 0.79), where
+`solve_monotone`'s Newton steps still converge. Measured on random planar
 equations x + g tanh(x + b) = t (5000 draws): median 5 (float64) and 4 (float32)
 iterations of `solve_monotone`, at most 19, against about 50 and 20 for `bisection`.
 
