@@ -133,6 +133,8 @@ def restore(directory, state, *, extra=None, step: int | None = None, origin: st
         if step not in manager.all_steps():
             raise FileNotFoundError(f"no complete checkpoint at step {step} in {os.path.abspath(directory)}.")
         where = f"checkpoint {os.path.join(os.path.abspath(directory), str(step))}"
+        if not os.path.isdir(os.path.join(directory, str(step), "meta")):
+            raise ValueError(f"{where} holds no jaxflow checkpoint (no meta/); move it out of the directory.")
         meta = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
         if meta.get("format") != FORMAT:
             raise ValueError(f"{where} has format {meta.get('format')!r}; this jaxflow reads format {FORMAT}.")

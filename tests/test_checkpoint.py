@@ -263,3 +263,9 @@ def test_numpy_float64_params_resume(tmp_path):
     fit(callback=lambda state, history: True)  # stops (and saves) after the first chunk
     resumed, history = fit()
     assert len(history["loss"]) == 20 and resumed["bijector"]["shift"].dtype == jnp.float32
+
+
+def test_a_step_directory_jaxflow_did_not_write_is_refused_clearly(tmp_path):
+    (tmp_path / "7" / "stuff").mkdir(parents=True)
+    with pytest.raises(ValueError, match=r"7 holds no jaxflow checkpoint \(no meta/\)"):
+        checkpoint.restore(tmp_path, affine_state(2))

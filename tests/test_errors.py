@@ -7,6 +7,7 @@ import pytest
 
 import jaxflow as jf
 from jaxflow import bijectors as jb
+from jaxflow.bijectors.elementwise import affine_with_params
 
 DIM = 3
 
@@ -207,3 +208,25 @@ def test_factor_out_needs_channels_to_split():
 def test_spline_bound_must_be_positive_and_finite(bound):
     with pytest.raises(ValueError, match="bound must be positive and finite"):
         jb.rational_quadratic_spline(bound=bound)
+
+
+@pytest.mark.parametrize("param_shape", [(2, DIM), (DIM + 1,)])
+def test_element_wise_params_that_do_not_broadcast_to_the_event_are_refused_at_build_time(param_shape):
+    with pytest.raises(ValueError, match=rf"params of shape \({param_shape[0]},.*\) do not broadcast to the event"):
+        affine_with_params("affine", (DIM,), param_shape)
+
+
+@pytest.mark.parametrize("options", [dict(num_steps=20.0), dict(num_steps=20, chunk_size=7.5), dict(num_steps=0)])
+def test_fits_refuse_step_counts_that_are_not_positive_ints(options):
+    from jaxflow.train import distill, forward_kl, reverse_kl
+
+    flow = jf.Flow(jf.standard_normal(2), jb.affine(2))
+    params, key, common = flow.init(jax.random.key(0)), jax.random.key(1), dict(progress=False, **options)
+    fits = [
+        lambda: forward_kl.fit(key, flow, params, np.zeros((16, 2), np.float32), **common),
+        lambda: reverse_kl.fit(key, flow, params, lambda x: -jnp.sum(x**2), **common),
+        lambda: distill.fit(key, flow, params, flow, params, **common),
+    ]
+    for fit in fits:
+        with pytest.raises(ValueError, match="num_steps and chunk_size must be positive ints"):
+            fit()

@@ -382,6 +382,7 @@ def test_gradients_through_stacked_numerical_inverses_match_finite_differences()
     [
         (lambda: planar(DIM, activation="relu6"), ValueError, "'tanh' or 'leaky_relu'"),
         (lambda: planar(DIM, activation="leaky_relu", negative_slope=1.5), ValueError, r"negative_slope must lie in"),
+        (lambda: planar(DIM, negative_slope=0.2), ValueError, r"negative_slope is the leaky ReLU's; tanh takes none"),
         (lambda: planar(0), ValueError, "dim must be a positive int"),
         (lambda: radial(2.5), ValueError, "dim must be a positive int"),
         (lambda: sylvester(DIM, variant="cayley"), ValueError, "variant must be one of"),
@@ -423,3 +424,14 @@ def test_nan_targets_give_nan_roots_and_leave_finite_targets_alone(solver):
     np.testing.assert_array_equal(roots[1:], solve(jnp.array([0.5, -1.0])))
     slope = jax.grad(equation)(roots[1])
     np.testing.assert_allclose(jax.grad(solve)(0.5), 1 / slope, rtol=1e-5)
+
+
+def test_planar_stays_invertible_where_the_gain_softplus_underflows():
+    # w . u = -110: softplus(-110) is 0 in float32, which made 1 + gain h' = 0 (log-det -inf) at w . x + b = 0.
+    bijector = planar(2)
+    params = {"u": jnp.array([-110.0, 0.0]), "w": jnp.array([1.0, 0.0]), "bias": jnp.zeros(())}
+    x = jnp.array([0.0, 0.1])
+    y, log_det = bijector.forward(params, x)
+    x_back, inverse_log_det = bijector.inverse(params, y)
+    assert np.isfinite(log_det) and log_det == -inverse_log_det
+    np.testing.assert_allclose(x_back, x, atol=1e-6)

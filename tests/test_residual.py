@@ -324,26 +324,6 @@ def test_estimates_and_their_gradients_are_right_on_average_many_keys(kind, seed
 
 
 # ---------------------------------------------------------------------------------------------
-# Flows
-
-
-@pytest.mark.float64
-def test_a_stack_of_residual_blocks_gives_unbiased_log_probs_with_a_key():
-    def flow(kind):
-        blocks = jf.stack(residual(DIM, hidden=(8,), lipschitz=LIPSCHITZ, log_det=kind), 2)
-        return jf.Flow(jf.standard_normal(DIM), blocks)
-
-    exact, roulette = flow("exact"), flow("russian_roulette")
-    params = _float64(perturbed_params(exact, jax.random.key(17), 0.5))
-    samples, _ = jax.jit(roulette.sample_and_log_prob, static_argnums=2)(params, jax.random.key(18), 3)
-    keys = jax.random.split(jax.random.key(19), 2000)
-    estimates = jax.jit(jax.vmap(lambda k: roulette.log_prob(params, samples, key=k)))(keys)
-    _assert_mean_close(estimates, jax.jit(exact.log_prob)(params, samples))
-    with pytest.raises(ValueError, match="key"):
-        roulette.log_prob(params, samples)
-
-
-# ---------------------------------------------------------------------------------------------
 # Errors
 
 

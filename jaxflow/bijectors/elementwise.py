@@ -97,7 +97,9 @@ def affine_with_params(name: str, shape, param_shape, *, shift: bool = True, sca
     the identity. Params: {"shift": param_shape, "log_scale": param_shape} (those learnt).
     """
     shape, param_shape = as_shape(shape), as_shape(param_shape)
-    np.broadcast_shapes(shape, param_shape)  # raises if the params cannot broadcast to the event
+    fits = len(param_shape) <= len(shape) and all(p in (1, e) for p, e in zip(param_shape[::-1], shape[::-1]))
+    if not fits:
+        raise ValueError(f"{name}: params of shape {param_shape} do not broadcast to the event shape {shape}.")
 
     learnt = [key for key, learns in (("shift", shift), ("log_scale", scale)) if learns]
 

@@ -22,7 +22,8 @@ from jaxflow.bijectors.linear import linear, lu_linear
 from jaxflow.conditioners.cnn import resnet_cnn
 
 
-def _image_shape(name: str, shape) -> tuple[int, int, int]:
+def check_image_shape(name: str, shape) -> tuple[int, int, int]:
+    """`shape` as a tuple after checking it is (H, W, C) of positive sizes (messages start with `name`)."""
     shape = as_shape(shape)
     if len(shape) != 3 or min(shape) < 1:
         raise ValueError(f"{name}: expected an image shape (H, W, C) of positive sizes, got {shape}.")
@@ -56,7 +57,7 @@ def squeeze(shape=None) -> Bijector:
     References: Dinh et al. (2016), RealNVP, https://arxiv.org/abs/1605.08803
     """
     if shape is not None:
-        shape = _image_shape("squeeze", shape)
+        shape = check_image_shape("squeeze", shape)
         _check_even("squeeze", shape)
     squeezed = None if shape is None else (shape[0] // 2, shape[1] // 2, 4 * shape[2])
 
@@ -85,7 +86,7 @@ def _check_even(name, shape):
 
 def checkerboard_mask(shape, parity: int = 0) -> np.ndarray:
     """Bool (H, W, C), True on pixels with (row + col) % 2 == parity, for every channel."""
-    height, width, channels = _image_shape("checkerboard_mask", shape)
+    height, width, channels = check_image_shape("checkerboard_mask", shape)
     _check_parity("checkerboard_mask", parity)
     if height * width < 2:
         raise ValueError(f"checkerboard_mask: needs at least two pixels, got shape {(height, width, channels)}.")
@@ -95,7 +96,7 @@ def checkerboard_mask(shape, parity: int = 0) -> np.ndarray:
 
 def channel_mask(shape, parity: int = 0) -> np.ndarray:
     """Bool (H, W, C), True on the first C // 2 channels (parity 0) or on the others (parity 1)."""
-    height, width, channels = _image_shape("channel_mask", shape)
+    height, width, channels = check_image_shape("channel_mask", shape)
     _check_parity("channel_mask", parity)
     if channels < 2:
         raise ValueError(f"channel_mask: needs at least 2 channels to split, got shape {(height, width, channels)}.")
@@ -139,7 +140,7 @@ def image_coupling(
 
     References: Dinh et al. (2016), RealNVP, https://arxiv.org/abs/1605.08803
     """
-    shape = _image_shape("image_coupling", shape)
+    shape = check_image_shape("image_coupling", shape)
     masks = {"checkerboard": checkerboard_mask, "channel": channel_mask}
     if mask not in masks:
         raise ValueError(f"image_coupling: mask must be 'checkerboard' or 'channel', got {mask!r}.")
@@ -242,7 +243,7 @@ def glow_step(
 
     References: Kingma & Dhariwal (2018), Glow, https://arxiv.org/abs/1807.03039
     """
-    shape = _image_shape("glow_step", shape)
+    shape = check_image_shape("glow_step", shape)
     network = dict(hidden_channels=hidden_channels, num_blocks=num_blocks, context_dim=context_dim)
     transformer = transformers.affine() if transformer is None else transformer
     coupling = image_coupling(shape, transformer, mask="channel", **network)

@@ -6,9 +6,10 @@ Per element, with K logistic components of weights pi_k, means mu_k and scales s
     y    = a * logit(F(x)) + b                          a bijection of the real line.
 
 Raw params per element, `theta` of size 3K + 2, are laid out as
-[logits (K), means (K), raw log-scales (K), b, raw a]: pi = softmax(logits),
-log s = B tanh(raw / B) with B = `max_log_scale` (a smooth clamp keeping every
-component's slope within [e^-B, e^B]), and (b, raw a) is the theta of
+[logits (K), raw means (K), raw log-scales (K), b, raw a]: pi = softmax(logits),
+mu_k = r_k raw mean_k and log s_k = B tanh(r_k raw_k / B) with B = `max_log_scale` (a
+smooth clamp keeping every component's slope within [e^-B, e^B]) and fixed rates r_k
+in [0.5, 1.5] that tell the components apart (`component_rates`), and (b, raw a) is the theta of
 `transformers.affine`, so a = softplus(raw a + c) + min_scale is 1 at raw a = 0
 (an unbounded exp(log a) would overflow).
 

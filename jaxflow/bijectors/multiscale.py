@@ -19,7 +19,7 @@ import jax.numpy as jnp
 from jaxflow.bijectors import transformers
 from jaxflow.bijectors._checks import as_shape, check_event, is_positive_int
 from jaxflow.bijectors.base import Bijector, chain, initialize_from_data, invert, maybe_keyless, stack, transform
-from jaxflow.bijectors.image import glow_step, image_coupling, squeeze
+from jaxflow.bijectors.image import check_image_shape, glow_step, image_coupling, squeeze
 
 
 def factor_out(inner: Bijector, shape) -> Bijector:
@@ -122,9 +122,7 @@ def _checked_levels(image_shape, levels, steps_per_level, owner: str) -> tuple[i
     positive sizes, `levels` or `steps_per_level` not a positive int, or H, W not
     divisible by 2**levels (saying how many levels the shape allows).
     """
-    shape = as_shape(image_shape)
-    if len(shape) != 3 or min(shape) < 1:
-        raise ValueError(f"{owner}: expected an image shape (H, W, C) of positive sizes, got {shape}.")
+    shape = check_image_shape(owner, image_shape)
     for name, value in (("levels", levels), ("steps_per_level", steps_per_level)):
         if not is_positive_int(value):
             raise ValueError(f"{owner}: {name} must be a positive int, got {value!r}.")

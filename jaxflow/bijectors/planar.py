@@ -26,13 +26,16 @@ from jaxflow.bijectors.transformers import softplus_inverse
 
 
 def one_plus_gain(raw):
-    """softplus(raw + log(e - 1)) in (0, inf), equal to 1 at raw = 0.
+    """softplus(raw + log(e - 1)) in [eps, inf), equal to 1 at raw = 0.
 
     The gain `one_plus_gain(raw) - 1` is Rezende & Mohamed's m(a) = -1 + softplus(a),
-    shifted so that zero params give the identity; it covers (-1, inf). Keeping
-    1 + gain separately avoids the cancellation of computing it from the gain.
+    shifted so that zero params give the identity; it covers [eps - 1, inf). Keeping
+    1 + gain separately avoids the cancellation of computing it from the gain. The floor
+    at eps of raw's dtype (reached for raw below about -16 in float32) keeps the layer
+    invertible where softplus would underflow to 0 (a singular Jacobian).
     """
-    return jax.nn.softplus(raw + softplus_inverse(1.0))
+    value = jax.nn.softplus(raw + softplus_inverse(1.0))
+    return jnp.maximum(value, jnp.finfo(value.dtype).eps)
 
 
 class Activation(NamedTuple):
@@ -94,15 +97,20 @@ def leaky_relu(negative_slope: float) -> Activation:
     return Activation(lambda z: z * slope(z), lambda z: (slope(z), 1 - slope(z)), solve)
 
 
-def _activation(name: str, negative_slope: float) -> Activation:
+DEFAULT_NEGATIVE_SLOPE = 0.01
+
+
+def _activation(name: str, negative_slope: float | None) -> Activation:
     if name == "tanh":
+        if negative_slope is not None:
+            raise ValueError(f"planar: negative_slope is the leaky ReLU's; tanh takes none, got {negative_slope!r}.")
         return TANH
     if name == "leaky_relu":
-        return leaky_relu(negative_slope)
+        return leaky_relu(DEFAULT_NEGATIVE_SLOPE if negative_slope is None else negative_slope)
     raise ValueError(f"planar: activation must be 'tanh' or 'leaky_relu', got {name!r}.")
 
 
-def planar(dim: int, *, activation: str = "tanh", negative_slope: float = 0.01) -> Bijector:
+def planar(dim: int, *, activation: str = "tanh", negative_slope: float | None = None) -> Bijector:
     """y = x + u_hat h(w . x + b), invertible for every value of the params.
 
     u_hat = u + (m - w.u) w / |w|^2 with m = one_plus_gain(w.u) - 1 > -1, so that
@@ -117,7 +125,8 @@ def planar(dim: int, *, activation: str = "tanh", negative_slope: float = 0.01) 
       dim: event size.
       activation: "tanh" (inverse by root finding to float precision, see
         `root_finding`) or "leaky_relu" (inverse in closed form).
-      negative_slope: the leaky ReLU's slope for negative inputs, in [0, 1].
+      negative_slope: the leaky ReLU's slope for negative inputs, in [0, 1] (default 0.01);
+        refused with tanh.
     """
     dim = check_dim("planar", dim)
     h = _activation(activation, negative_slope)

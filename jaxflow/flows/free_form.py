@@ -23,7 +23,9 @@ from jaxflow.distributions import Flow
 from jaxflow.flows._layers import vector_flow
 
 
-def planar_flow(dim: int, *, layers: int = 16, activation: str = "tanh", negative_slope: float = 0.01) -> Flow:
+def planar_flow(
+    dim: int, *, layers: int = 16, activation: str = "tanh", negative_slope: float | None = None
+) -> Flow:
     """`layers` planar layers y = x + u_hat h(w . x + b), in one `lax.scan`.
 
     Args:
@@ -31,7 +33,8 @@ def planar_flow(dim: int, *, layers: int = 16, activation: str = "tanh", negativ
       layers: number of planar layers.
       activation: "tanh" (density by a 1-D root find per layer) or "leaky_relu"
         (density in closed form).
-      negative_slope: the leaky ReLU's slope for negative inputs, in [0, 1].
+      negative_slope: the leaky ReLU's slope for negative inputs, in [0, 1] (default 0.01);
+        refused with tanh.
 
     References: Rezende & Mohamed (2015), https://arxiv.org/abs/1505.05770
     """

@@ -36,6 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
+from jaxflow.bijectors._checks import is_positive_int
 from jaxflow.train import sharding
 from jaxflow.train._step import StepInfo, TrainState
 
@@ -60,8 +61,8 @@ def check_options(num_steps: int, chunk_size: int, on_nonfinite: str) -> None:
     """Raises ValueError for options no fit accepts."""
     if on_nonfinite not in ON_NONFINITE:
         raise ValueError(f"on_nonfinite must be one of {ON_NONFINITE}, got {on_nonfinite!r}.")
-    if int(num_steps) < 1 or int(chunk_size) < 1:
-        raise ValueError(f"num_steps and chunk_size must be positive integers, got {num_steps} and {chunk_size}.")
+    if not (is_positive_int(num_steps) and is_positive_int(chunk_size)):
+        raise ValueError(f"num_steps and chunk_size must be positive ints, got {num_steps!r} and {chunk_size!r}.")
 
 
 def run(

@@ -24,6 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxflow.bijectors._checks import is_positive_int
 from jaxflow.train import _loop, sharding
 from jaxflow.train._checks import check_finite_rows, check_float
 from jaxflow.train._step import init_state, make_step, with_clipping
@@ -261,8 +262,10 @@ def _num_steps(num_steps, epochs, steps_per_epoch) -> int:
     if num_steps is not None and epochs is not None:
         raise ValueError(f"give num_steps or epochs, not both (got num_steps={num_steps}, epochs={epochs}).")
     if epochs is not None:
-        return int(epochs) * steps_per_epoch
-    return DEFAULT_NUM_STEPS if num_steps is None else int(num_steps)
+        if not is_positive_int(epochs):
+            raise ValueError(f"epochs must be a positive int, got {epochs!r}.")
+        return epochs * steps_per_epoch
+    return DEFAULT_NUM_STEPS if num_steps is None else num_steps  # checked by the loop
 
 
 def _train_and_validation_sets(key, flow, data, validation_data, fraction, dequantize):

@@ -97,7 +97,9 @@ def annealing_schedule(num_steps: int, *, initial_beta: float = 0.01) -> optax.S
     The loss at step t targets p~^beta(t) (temperature 1 / beta), which starts
     flat and lets q spread over all modes before the target sharpens.
     """
-    if num_steps <= 0:
+    if num_steps < 0:
+        raise ValueError(f"annealing_schedule: num_steps must be >= 0 (0: no annealing), got {num_steps}.")
+    if num_steps == 0:
         return optax.constant_schedule(1.0)
     if not 0 < initial_beta < 1:
         raise ValueError(f"initial_beta must be in (0, 1), got {initial_beta}.")
