@@ -105,6 +105,13 @@ def test_spectral_norm_bound_brackets_the_largest_singular_value(dtype):
         assert sigma <= bound <= sigma * slack * (1 + 4 * eps), (matrix.shape, sigma, bound)
 
 
+def test_spectral_norm_bound_multiplies_at_full_precision_under_a_lower_default():
+    # A GPU's default TF32 products could put the bound below sigma; every product asks for HIGHEST.
+    with jax.default_matmul_precision("tensorfloat32"):
+        program = jax.jit(spectral_norm_bound).lower(jnp.ones((4, 3))).as_text()
+    assert program.count("dot_general") == 1 + 8 and program.count("precision = [HIGHEST, HIGHEST]") == 9
+
+
 def test_spectral_norm_bound_of_zero_is_zero_with_finite_gradients():
     zero = jnp.zeros((4, 3))
     assert float(jax.jit(spectral_norm_bound)(zero)) == 0.0

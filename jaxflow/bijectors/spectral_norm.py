@@ -33,6 +33,9 @@ Networks, https://arxiv.org/abs/1811.00995
 
 from __future__ import annotations
 
+import functools
+
+import jax
 import jax.numpy as jnp
 
 DEFAULT_NUM_SQUARINGS = 8
@@ -57,14 +60,17 @@ def spectral_norm_bound(weight, *, num_squarings: int = DEFAULT_NUM_SQUARINGS):
     scale = jnp.max(jnp.abs(weight))
     nonzero = scale > 0
     scaled = weight / jnp.where(nonzero, scale, 1.0)  # entries in [-1, 1]: the Gram matrix neither over- nor underflows
-    gram = scaled.T @ scaled if columns <= rows else scaled @ scaled.T
+    # Full float32 products whatever the default matmul precision (a GPU's TF32 would round the
+    # Gram matrix by ~1e-3 and could put the bound below sigma).
+    product = functools.partial(jnp.matmul, precision=jax.lax.Precision.HIGHEST)
+    gram = product(scaled.T, scaled) if columns <= rows else product(scaled, scaled.T)
     gram = jnp.where(nonzero, gram, jnp.eye(gram.shape[0], dtype=gram.dtype))  # finite gradients at W = 0
     trace = jnp.trace(gram)
 
     # Invariant: power = G^(2^i) / trace(G^(2^i)) and log_bound = log(trace(G^(2^i))) / 2^(i+1).
     power, log_bound = gram / trace, jnp.log(trace) / 2
     for i in range(num_squarings):  # a few matrix products, unrolled
-        power = power @ power
+        power = product(power, power)
         trace = jnp.trace(power)
         power, log_bound = power / trace, log_bound + jnp.log(trace) / 2.0 ** (i + 2)
     rounding_margin = 1 + 4 * max(rows, columns) * jnp.finfo(weight.dtype).eps
