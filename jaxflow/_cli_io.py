@@ -181,8 +181,11 @@ def _matplotlib_figure():
 def _read_npy(path, choose) -> Table:
     try:
         array = np.load(path, allow_pickle=False)
-    except (ValueError, OSError) as error:
-        raise CliError(f"{path}: not a readable numeric .npy file ({error})") from None
+    except (ValueError, OSError, EOFError) as error:
+        raise CliError(f"{path}: not a readable numeric .npy file ({error or 'no data'})") from None
+    if not isinstance(array, np.ndarray):  # an .npz archive under an .npy name
+        array.close()
+        raise CliError(f"{path}: an .npz archive, not an .npy array; save one array with np.save")
     if array.ndim == 1:
         array = array[:, None]
     if array.ndim != 2 or not (np.issubdtype(array.dtype, np.integer) or np.issubdtype(array.dtype, np.floating)):

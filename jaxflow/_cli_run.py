@@ -27,6 +27,7 @@ an error: two fits never write one run.
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import shutil
@@ -77,11 +78,21 @@ def train(model, config: dict, train_rows, valid_rows, directory: Path, progress
     return params, _history_json(history, config["budget"]["num_steps"], -standardise_log_det(config))
 
 
-def standardise(config: dict, rows) -> np.ndarray:
-    """float32 rows in the flow's units, (rows - mean) / sd computed in float64: in float32, a column like
-    1e7 + N(0, 0.5^2) would be rounded to a few values before it is scaled."""
+def standardise(config: dict, rows, dtype=np.float32) -> np.ndarray:
+    """Rows in the flow's units, (rows - mean) / sd computed in float64 (in float32, a column like
+    1e7 + N(0, 0.5^2) would be rounded to a few values before it is scaled), then cast to `dtype`."""
     mean, sd = _scaling(config)
-    return ((np.asarray(rows, np.float64) - mean) / sd).astype(np.float32)
+    with np.errstate(over="ignore"):
+        return ((np.asarray(rows, np.float64) - mean) / sd).astype(dtype)
+
+
+def standardisation(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(mean, sd) per column, computed on rows divided by each column's largest magnitude, so that
+    neither the squares of values beyond 1e154 overflow nor those of values below 1e-154 underflow."""
+    magnitude = np.max(np.abs(rows), axis=0)
+    magnitude = np.where(magnitude > 0, magnitude, 1.0)
+    scaled = rows / magnitude
+    return scaled.mean(axis=0) * magnitude, scaled.std(axis=0) * magnitude
 
 
 def unstandardise(config: dict, z) -> np.ndarray:
@@ -152,8 +163,8 @@ def load_arrays(path) -> dict:
     try:
         with np.load(path, allow_pickle=False) as archive:
             return dict(archive)
-    except (OSError, ValueError, zipfile.BadZipFile) as error:
-        raise CliError(f"{path}: unreadable ({error})") from None
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:
+        raise CliError(f"{path}: unreadable ({error or 'no data'})") from None
 
 
 def tree_arrays(prefix: str, tree) -> dict:
@@ -226,11 +237,11 @@ def _read_complete(out: Path, config: dict) -> dict:
 def _leftovers(out: Path) -> list[Path]:
     """The RUN.tmp-<pid> folders of processes that no longer run; CliError if a live process writes `out`."""
     folders = []
-    for folder in out.parent.glob(f"{out.name}.tmp-*"):
+    for folder in out.parent.glob(f"{glob.escape(out.name)}.tmp-*"):
         pid = folder.name.rsplit("-", 1)[1]
         if not pid.isdigit():
             continue
-        if _is_running(int(pid)):
+        if int(pid) != os.getpid() and _is_running(int(pid)):  # our own pid: a killed run's, before a restart
             raise CliError(
                 f"another process (pid {pid}) is writing {out}; wait for it, or delete {folder} if no jaxflow fit runs"
             )

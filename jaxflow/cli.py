@@ -44,7 +44,7 @@ from jaxflow._cli_io import (
     write_table,
 )
 
-FLOWS = {name: getattr(flows, name) for name in flows.__all__}
+FLOWS = {name: getattr(flows, name) for name in flows.__all__ if name != "glow"}  # the vector flows: rows of a table
 MAX_PLOT_COLUMNS = 6
 
 
@@ -83,7 +83,10 @@ def _fit(args, extra) -> None:
     table = read_table(args.data, columns_from_option(args.columns))
     train_rows, valid_rows = _split(table.values, args.validation, args.seed)
     if args.patience is not None and valid_rows is None:
-        raise CliError("--patience needs validation rows: set --validation above 0")
+        raise CliError(
+            f"--patience needs validation rows, and --validation {args.validation} holds out none of the "
+            f"{len(table.values)} rows: raise it"
+        )
     config = _fit_config(args, flow, table, train_rows)
     model = build_model(config)  # before staging: a flow that does not fit the columns leaves nothing behind
     out = Path(args.out)
@@ -117,10 +120,19 @@ def _fit_summary(history: dict) -> str:
 def _fit_config(args, flow: tuple[str, dict], table: Table, train_rows: np.ndarray) -> dict:
     """config.json of a fit: JSON types throughout, so that a loaded config compares equal."""
     flow_name, flow_options = flow
-    mean, sd = train_rows.mean(axis=0), train_rows.std(axis=0)
+    mean, sd = runs.standardisation(train_rows)
+    columns = table.names or table.indices
     if (sd == 0).any():
-        column = (table.names or table.indices)[int(np.argmax(sd == 0))]
+        column = columns[int(np.argmax(sd == 0))]
         raise CliError(f"column {column!r} is constant on the training rows; a density needs it to vary: drop it")
+    with np.errstate(over="ignore"):
+        spread = np.max(np.abs((train_rows - mean) / sd), axis=0)
+    if not np.all(spread <= np.finfo(np.float32).max):
+        column = columns[int(np.argmax(~(spread <= np.finfo(np.float32).max)))]
+        raise CliError(
+            f"column {column!r} spans more standard deviations than float32 holds (or values beyond float64's "
+            "range once centred); rescale it or remove its outliers"
+        )
     steps_per_epoch = len(train_rows) // min(args.batch_size, len(train_rows))
     num_steps = args.steps if args.epochs is None else args.epochs * steps_per_epoch
     config = {
@@ -151,7 +163,9 @@ def _flow_options(args) -> tuple[str, dict]:
     for name in given:
         if name not in signature.parameters:
             raise CliError(f"--{name} does not apply to --flow {args.flow}")
-    bound = signature.bind(None, **given, seed=args.seed)  # None: the dimension, which follows from the columns
+    if "seed" in signature.parameters:  # the permutations' seed, for the flows that draw any
+        given["seed"] = args.seed
+    bound = signature.bind(None, **given)  # None: the dimension, which follows from the columns
     bound.apply_defaults()
     options = dict(bound.arguments)
     del options[next(iter(signature.parameters))]
@@ -201,14 +215,16 @@ def _draw(config, model, params, count: int, seed: int) -> np.ndarray:
 
 def _score(config, model, params, x: np.ndarray) -> np.ndarray:
     """float64 log q(x) per row in the data's units, in blocks of at most 8192 rows (the last padded: one
-    compilation)."""
+    compilation). Rows farther out than float32 holds once standardised (beyond ~3e38 sds) get -inf."""
     block = min(len(x), 8192)
-    z = runs.standardise(config, x)
+    z = runs.standardise(config, x, np.float64)
+    beyond = ~np.all(np.abs(z) <= np.finfo(np.float32).max, axis=1)
+    z = np.where(beyond[:, None], 0.0, z).astype(np.float32)
     padded = np.concatenate([z, np.repeat(z[:1], -len(z) % block, axis=0)])
     log_prob = jax.jit(model.log_prob)
     blocks = np.split(padded, len(padded) // block)
     log_q = np.concatenate([np.asarray(log_prob(params, rows), np.float64) for rows in blocks])[: len(x)]
-    return log_q + runs.standardise_log_det(config)
+    return np.where(beyond, -np.inf, log_q + runs.standardise_log_det(config))
 
 
 def _sample(args, extra) -> None:

@@ -27,6 +27,8 @@ def _sklearn_datasets():
 
 def two_moons(num_samples: int, *, noise: float = 0.05, seed: int = 0) -> np.ndarray:
     """(num_samples, 2) float32 points on two interleaved half circles, standardised."""
+    if not is_positive_int(num_samples) or num_samples < 2:
+        raise ValueError(f"two_moons: num_samples must be an int >= 2 (to standardise), got {num_samples!r}.")
     x, _ = _sklearn_datasets().make_moons(num_samples, noise=noise, random_state=seed)
     return ((x - x.mean(0)) / x.std(0)).astype(np.float32)
 

@@ -195,11 +195,12 @@ def laplace_approximation(target: Target, *, num_steps: int = 200) -> tuple[np.n
 
 
 def reference_draws(name: str, path: str | Path | None = None) -> np.ndarray:
-    """Gold-standard draws (num_draws, dim), float64, in the coordinates of the matching `Target`.
+    """Gold-standard draws (num_draws, dim), float64, in the coordinates of the matching `Target` if any.
 
     Args:
-      name: a key of the archive, e.g. a target's `reference_key` ("neal_funnel",
-        "banana", "logreg_breast_cancer", "eight_schools_centered", "arK", "gp_pois_regr").
+      name: a key of the archive: a target's `reference_key` ("neal_funnel", "banana",
+        "logreg_breast_cancer", "eight_schools_centered", "arK"), or one of the archive's
+        draws without a `Target` here ("gp_pois_regr", in posteriordb's coordinates).
       path: the .npz archive; default `shared/data/posteriors/reference_draws.npz`.
 
     Raises:

@@ -183,6 +183,10 @@ def test_bad_numbers_and_header_names_give_one_line_errors(resumed, data, tmp_pa
     empty_name = write_csv(tmp_path / "empty_name.csv", ",y", ["1,2", "3,4", "5,7"])
     twice_b = write_csv(tmp_path / "twice_b.csv", '"a, in m",b,b', ["1,2,3", "4,5,6"])
     out = ["--out", tmp_path / "never"]
+    (empty_npy := tmp_path / "empty.npy").write_bytes(b"")
+    with open(archive := tmp_path / "archive.npy", "wb") as file:  # a path would gain the suffix .npz
+        np.savez(file, x=np.ones((3, 2)))
+    huge = write_csv(tmp_path / "huge.csv", "x,y", ["1.7e308,1", "-1.7e308,2", "-1.7e308,3"])
     earlier, second = tmp_path / "earlier_run", tmp_path / "second_run"  # run directories of formats 1 and 2
     for directory, run_format in [(earlier, "jaxflow-run"), (second, "jaxflow-run-2")]:
         shutil.copytree(resumed[0], directory)
@@ -206,8 +210,41 @@ def test_bad_numbers_and_header_names_give_one_line_errors(resumed, data, tmp_pa
         "--seed: expected an integer from 0 to 4294967295, got '4294967296'": [
             "plot", resumed[0], "-o", tmp_path / "p.png", "--seed", 2**32
         ],
+        "empty.npy: not a readable numeric .npy file": ["fit", empty_npy, *out],
+        "archive.npy: an .npz archive, not an .npy array": ["fit", archive, *out],
+        "column 'x' spans more standard deviations than float32 holds": ["fit", huge, *out],
+        "invalid choice: 'glow'": ["fit", data[0], "--flow", "glow", *out],
+        "--validation 0.001 holds out none of the 500 rows": [
+            "fit", data[0], "--columns", "0,2", "--validation", 0.001, "--patience", 2, *out
+        ],
     }
     for expected, args in cases.items():
         returncode = main(list(map(str, args)))
         assert_one_line_error(expected, returncode, capsys.readouterr().err)
-    assert not list(tmp_path.glob("never*")) and not list(tmp_path.glob("*.npy"))
+    assert not list(tmp_path.glob("never*")) and sorted(tmp_path.glob("*.npy")) == [archive, empty_npy]
+
+
+def test_flows_without_permutations_fit_and_far_rows_score_minus_infinity(resumed, tmp_path, capsys):
+    from jaxflow.cli import main
+
+    rows = write_csv(tmp_path / "rows.csv", "x,y", [f"{np.sin(i)},{np.cos(3 * i)}" for i in range(64)])
+    for flow in ("planar_flow", "residual_flow"):  # builders without a seed: none was passed to them
+        args = ["fit", rows, "--flow", flow, "--layers", 1, "--steps", 2, "--out", tmp_path / flow, "--no-progress"]
+        assert main(list(map(str, args))) == 0, capsys.readouterr().err
+    far = write_csv(tmp_path / "far.csv", '"a, in m",b', ["1e45,-5e-46", f"{MEAN[0]},{MEAN[1]}"])
+    assert main(list(map(str, ["log-prob", resumed[0], far, "-o", tmp_path / "far.npy"]))) == 0
+    log_prob = np.load(tmp_path / "far.npy")
+    assert log_prob[0] == -np.inf and np.isfinite(log_prob[1])  # was NaN: 2e45 sds overflowed float32
+
+
+def test_standardisation_holds_columns_of_any_magnitude_and_leftovers_of_any_name(tmp_path):
+    from jaxflow import _cli_run as runs
+
+    values = np.random.default_rng(1).normal(size=(100, 2)) * np.array([1e160, 1e-170])  # squares over/underflow
+    mean, sd = runs.standardisation(values)
+    unit = values / [1e160, 1e-170]
+    np.testing.assert_allclose(mean / [1e160, 1e-170], unit.mean(axis=0), rtol=1e-12)
+    np.testing.assert_allclose(sd / [1e160, 1e-170], unit.std(axis=0), rtol=1e-12)
+    dead_pid = next(pid for pid in range(4_000_000, 4_100_000) if not runs._is_running(pid))
+    (tmp_path / f"r[1].tmp-{dead_pid}").mkdir()  # glob characters in the run's name
+    assert runs._leftovers(tmp_path / "r[1]") == [tmp_path / f"r[1].tmp-{dead_pid}"]
