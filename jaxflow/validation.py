@@ -62,6 +62,21 @@ def checked(fn):
     return wrapper
 
 
+@contextlib.contextmanager
+def within(label: str, index):
+    """At trace time, prefixes the labels of the checks traced inside with `label` and the traced `index`.
+
+    A `stack` traces its layer inside `within(f"{name} layer", index)`, so that a check of a
+    chain inside the loop names the loop's layer too ("stack(...) layer 3: chain[0] affine").
+    """
+    previous = getattr(_state, "scopes", ())
+    _state.scopes = (*previous, (label, index))
+    try:
+        yield
+    finally:
+        _state.scopes = previous
+
+
 def check_finite(label: str, direction: str, value, log_det=None, index=None, inputs=None) -> None:
     """Inside `checked`: fails if `value` or `log_det` holds NaN/inf produced from finite `inputs`.
 
@@ -80,8 +95,9 @@ def check_finite(label: str, direction: str, value, log_det=None, index=None, in
         return
     inputs_bad = ~jnp.all(jnp.isfinite(inputs)) if inputs is not None else jnp.array(False)
     what = "input" if direction == "input" else f"{direction} output"
-    where = label if index is None else label + " {index}"
-    kwargs = {} if index is None else {"index": index}
+    scopes = [*getattr(_state, "scopes", ()), (label, index)]
+    where = ": ".join(name if at is None else f"{name} {{layer{depth}}}" for depth, (name, at) in enumerate(scopes))
+    kwargs = {f"layer{depth}": index for depth, (_, index) in enumerate(scopes) if index is not None}
     message = f"jaxflow validation: {what} of {where} contains NaN or inf."
     checkify.check(inputs_bad | jnp.all(jnp.isfinite(value)), message, **kwargs)
     if log_det is not None:

@@ -12,6 +12,7 @@ import scipy.optimize
 from jaxflow.bijectors import transformers
 from jaxflow.bijectors.autoregressive import inverse_autoregressive, masked_autoregressive
 from jaxflow.bijectors.spline import rational_quadratic_spline
+from jaxflow.conditioners import Conditioner
 from jaxflow.conditioners.dense import kernel_of
 from jaxflow.conditioners.made import hidden_unit_degrees, made, made_masks
 from jaxflow.conditioners.mlp import mlp
@@ -79,9 +80,13 @@ def test_made_random_degrees_depend_on_the_key():
     assert not np.allclose(*outputs)
 
 
-def test_made_context_reaches_every_output_including_the_first_in_order():
+@pytest.mark.parametrize(
+    "degrees", [dict(hidden=(16,)), dict(hidden=(9, 6, 4), hidden_degrees="random", key=jax.random.key(5))],
+    ids=["sequential", "random"],  # random draws could leave a layer without degree 0, cutting the context off
+)
+def test_made_context_reaches_every_output_including_the_first_in_order(degrees):
     order = _order("shuffled")
-    net = made(DIM, 2, hidden=(16,), activation=nn.tanh, order=order, context_dim=3)
+    net = made(DIM, 2, activation=nn.tanh, order=order, context_dim=3, **degrees)
     params, x, context = _perturbed(net), jax.random.normal(jax.random.key(1), (DIM,)), jnp.array([0.3, -1.0, 0.7])
     by_context = np.asarray(jax.jit(jax.jacfwd(lambda c: net.apply(params, x, c)))(context))
     assert np.all(by_context != 0.0)
@@ -162,6 +167,9 @@ def test_made_rejects_bad_configuration_and_inputs():
         made(3, 2, hidden_degrees="random")
     with pytest.raises(ValueError, match="sequential"):
         made(3, 2, hidden_degrees="uniform")
+    for dim in (2.5, True):
+        with pytest.raises(ValueError, match="dim and num_params must be positive ints"):
+            made(dim, 2)
     with pytest.raises(ValueError, match="positive"):
         made(0, 2)
     net = made(3, 2, hidden=(4,))
@@ -309,3 +317,18 @@ def test_autoregressive_layers_reject_bad_inputs():
     unconditional = _maf()
     with pytest.raises(ValueError, match="unconditional"):
         unconditional.inverse(unconditional.init(jax.random.key(0)), jnp.ones(DIM), jnp.ones(2))
+
+
+def test_a_conditioner_returning_flat_params_is_refused():
+    """The coupling layers' flat layout (dim * num_params,) would broadcast into a wrong map and log-det."""
+
+    def flat(dim, num_params, *, order=None, context_dim=None):
+        init = lambda key: {"raw": jnp.zeros(dim * num_params)}  # noqa: E731
+        return Conditioner(init, lambda params, x, context=None: params["raw"])
+
+    layer = masked_autoregressive(3, transformers.affine(), conditioner=flat)
+    params = {"raw": jnp.full(6, 0.5)}
+    for direction in (layer.forward, layer.inverse):
+        with pytest.raises(ValueError, match=r"must return raw params of shape \(3, 2\), one row per dimension, got "
+                                             r"shape \(6,\)"):
+            direction(params, jnp.ones(3))

@@ -11,7 +11,7 @@ import pytest
 import jaxflow as jf
 from jaxflow import bijectors as jb
 from jaxflow.bijectors import base
-from jaxflow.testing import perturbed_params, with_noisy_log_det
+from jaxflow.testing import check_bijector, perturbed_params, with_noisy_log_det
 
 DIM = 4
 
@@ -229,3 +229,9 @@ def test_factor_out_of_a_stochastic_layer_is_stochastic_and_hands_it_the_key():
         inner_y, inner_log_det = getattr(inner, direction)(params, x[..., :2], key=key)
         np.testing.assert_array_equal(y, jnp.concatenate([inner_y, x[..., 2:]], axis=-1))
         assert log_det == inner_log_det != 0.0
+
+
+def test_the_noisy_twin_passes_the_kit_like_a_stochastic_layer():
+    noisy = with_noisy_log_det(jb.affine(3))
+    params = perturbed_params(noisy, jax.random.key(0), 0.5)
+    check_bijector(noisy, params, jnp.array([0.3, -1.0, 2.0]), key=jax.random.key(1), log_det_tol=1.0)

@@ -115,3 +115,9 @@ def test_digits_holds_out_a_rounded_share_with_an_image_on_either_side(test_frac
     train, test, train_labels, test_labels = datasets.digits(test_fraction=test_fraction)
     assert len(test) == len(test_labels) == num_test
     assert len(train) == len(train_labels) == 1797 - num_test  # sklearn's digits: 1797 images
+
+
+@pytest.mark.parametrize("num_samples", [0, 1, 2.0])
+def test_two_moons_needs_two_points_to_standardise(num_samples):
+    with pytest.raises(ValueError, match="num_samples must be an int >= 2"):
+        datasets.two_moons(num_samples)

@@ -172,6 +172,12 @@ def test_validation_mode_names_the_stack_layer_index():
     # The stack reuses its traced body between calls; the checked call must not reuse an unchecked one.
     with pytest.raises(FloatingPointError, match=r"forward output of stack\(affine\) layer 3 contains NaN or inf\.$"):
         jf.validation.checked(stacked.forward)(params, jnp.ones(DIM))
+    # A chain in the loop reports first; its message still names the stack's layer.
+    chained = jf.stack(jf.chain(jb.affine(DIM), jb.reverse()), 5)
+    params = (params, ())
+    with pytest.raises(FloatingPointError, match=r"forward output of stack\(chain\(affine, reverse\)\) layer 3: "
+                                                 r"chain\[0\] affine contains NaN or inf\.$"):
+        jf.validation.checked(chained.forward)(params, jnp.ones(DIM))
 
 
 def test_validation_mode_reports_nan_data_given_to_a_flow():
@@ -230,3 +236,10 @@ def test_fits_refuse_step_counts_that_are_not_positive_ints(options):
     for fit in fits:
         with pytest.raises(ValueError, match="num_steps and chunk_size must be positive ints"):
             fit()
+
+
+def test_data_init_refuses_nan_data_naming_the_row():
+    layer = jf.chain(jb.actnorm(DIM), jb.affine(DIM))
+    batch = jnp.ones((5, DIM)).at[3, 1].set(jnp.nan)
+    with pytest.raises(ValueError, match=r"the data batch y: 1 of 5 rows contain NaN or inf \(the first is row 3\)"):
+        jf.initialize_from_data(layer, layer.init(jax.random.key(0)), batch)

@@ -120,3 +120,22 @@ def checked_params(name: str, params, shapes: dict[str, tuple[int, ...]], dtype)
     """`params` after `check_params`, cast to the event's `dtype` (see `cast_params`)."""
     check_params(name, params, shapes)
     return cast_params(params, dtype)
+
+
+def check_float(x, what: str, hint: str) -> None:
+    """Raises TypeError unless `x` is a floating-point array; `hint` says how to fix it."""
+    if not jnp.issubdtype(x.dtype, jnp.floating):
+        raise TypeError(f"{what}: expected a floating-point array, got dtype {x.dtype}; {hint}.")
+
+
+def check_finite_rows(x, what: str) -> None:
+    """Raises ValueError naming how many rows of `x` (leading axis) hold NaN or inf, and the first."""
+    if not jnp.issubdtype(x.dtype, jnp.inexact):
+        return
+    bad = ~jnp.all(jnp.isfinite(x.reshape(x.shape[0], -1)), axis=1)
+    count = int(bad.sum())
+    if count:
+        raise ValueError(
+            f"{what}: {count} of {x.shape[0]} rows contain NaN or inf (the first is row {int(jnp.argmax(bad))}); "
+            "remove or impute them before fitting."
+        )

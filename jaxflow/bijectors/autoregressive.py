@@ -59,11 +59,19 @@ def masked_autoregressive(
     make = conditioner or functools.partial(made, hidden=hidden)
     net = make(dim, transformer.num_params, order=order, context_dim=context_dim)
 
+    def raw_params(theta, dtype):
+        if theta.shape != (dim, transformer.num_params):
+            raise ValueError(
+                f"{name}: the conditioner must return raw params of shape ({dim}, {transformer.num_params}), one row "
+                f"per dimension, got shape {theta.shape}."
+            )
+        return theta.astype(dtype)
+
     def forward(params, x, context=None):
         x = check_event(name, x, (dim,))
 
         def solve(theta_of):
-            return lambda _, y: transformer.forward(theta_of(y, context).astype(y.dtype), x)[0]
+            return lambda _, y: transformer.forward(raw_params(theta_of(y, context), y.dtype), x)[0]
 
         # After k passes the first k positions of the order are exact. The passes run in a few
         # loops, each with the conditioner bound for the positions its passes solve (MADE then
@@ -72,12 +80,12 @@ def masked_autoregressive(
         for start, stop in _pass_groups(dim - 1):
             y = jax.lax.fori_loop(start, stop, solve(net.bound(params, positions=stop)), y)
         # The last pass solves the last position and gives every log-det.
-        y, log_det = transformer.forward(net.bound(params)(y, context).astype(y.dtype), x)
+        y, log_det = transformer.forward(raw_params(net.bound(params)(y, context), y.dtype), x)
         return y, jnp.sum(log_det)
 
     def inverse(params, y, context=None):
         y = check_event(name, y, (dim,))
-        x, log_det = transformer.inverse(net.apply(params, y, context).astype(y.dtype), y)
+        x, log_det = transformer.inverse(raw_params(net.apply(params, y, context), y.dtype), y)
         return x, jnp.sum(log_det)
 
     return Bijector(net.init, forward, inverse, name)

@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxflow import validation
-from jaxflow.bijectors._checks import is_positive_int
+from jaxflow.bijectors._checks import check_finite_rows, is_positive_int
 
 Array = jax.Array
 Params = Any  # a pytree of inexact arrays
@@ -90,6 +90,8 @@ def initialize_from_data(bijector: Bijector, params, y, context=None):
             f"initialize_from_data: expected one context per row of y, shape ({jnp.shape(y)[0]}, *context_shape), "
             f"got shape {jnp.shape(context)}; broadcast a shared context with jnp.broadcast_to."
         )
+    if not isinstance(y, jax.core.Tracer):
+        check_finite_rows(jnp.asarray(y), f"initialize_from_data ({bijector.name}): the data batch y")
     if bijector.data_init is not None:
         return bijector.data_init(params, y, context)
     if bijector.stochastic:
@@ -206,7 +208,8 @@ def stack(
             )
         _check_constants(constants, num_layers)
         build = layer
-    prototype = build(jax.tree.map(lambda c: c[0], constants))
+    layers = [_built_layer(build, constants, i) for i in range(num_layers if constants is not None else 1)]
+    prototype = layers[0]  # the others were built for their checks alone
     name = name or f"stack({prototype.name})"
     indices = jnp.arange(num_layers)
 
@@ -225,7 +228,8 @@ def stack(
             x, total, context, selected_params = carry
             sliced_params, layer_constants, layer_key, index = layer_inputs
             layer_params = _merge_layer_params(sliced_params, selected_params, index)
-            y, log_det = transform(build(layer_constants), direction, layer_params, x, context, layer_key)
+            with validation.within(f"{name} layer", index):
+                y, log_det = transform(build(layer_constants), direction, layer_params, x, context, layer_key)
             validation.check_finite(f"{name} layer", direction, y, log_det, index=index, inputs=x)
             return (y, total + log_det, context, selected_params), None
 
@@ -264,6 +268,14 @@ def stack(
         stochastic,
         data_init if prototype.data_init is not None else None,
     )
+
+
+def _built_layer(build, constants, index: int) -> Bijector:
+    """`build` of layer `index`'s constants, its errors naming the layer."""
+    try:
+        return build(jax.tree.map(lambda c: c[index], constants))
+    except ValueError as error:
+        raise ValueError(f"stack: the constants of layer {index}: {error}") from None
 
 
 def _selects_layer_vectors() -> bool:

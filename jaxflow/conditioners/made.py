@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxflow.bijectors._checks import check_context, check_context_dim, check_event, check_hidden
+from jaxflow.bijectors._checks import check_context, check_context_dim, check_event, check_hidden, is_positive_int
 from jaxflow.conditioners import dense
 from jaxflow.conditioners.mlp import Conditioner
 
@@ -126,7 +126,8 @@ def hidden_unit_degrees(
       hidden: layer widths.
       conditional: if True the lowest degree is 0 (units fed by the context only).
       method: "sequential" cycles through the degrees; "random" draws each layer's
-        degrees uniformly from [min of the previous layer's, dim - 1] (needs `key`).
+        degrees uniformly from [min of the previous layer's, dim - 1] (needs `key`), and,
+        when conditional, gives each layer's first unit degree 0.
       key: PRNG key for "random"; degrees are drawn on the host, at construction.
     """
     if method not in HIDDEN_DEGREES:
@@ -138,8 +139,11 @@ def hidden_unit_degrees(
         return [low + np.arange(width) % (dim - low) for width in hidden]
     degrees = []
     for width, layer_key in zip(hidden, jax.random.split(key, len(hidden))):  # at construction, not traced
-        degrees.append(np.asarray(jax.random.randint(layer_key, (width,), low, dim)))
-        low = int(degrees[-1].min())
+        layer_degrees = np.array(jax.random.randint(layer_key, (width,), low, dim))
+        if conditional:  # a unit of degree 0 in every layer carries the context to the first output in the order
+            layer_degrees[0] = 0
+        degrees.append(layer_degrees)
+        low = int(layer_degrees.min())
     return degrees
 
 
@@ -186,8 +190,8 @@ def made(
       key: PRNG key, needed for `hidden_degrees="random"`.
     """
     hidden, context_dim = check_hidden("made", hidden), check_context_dim("made", context_dim)
-    if dim < 1 or num_params < 1:
-        raise ValueError(f"made: dim and num_params must be positive, got {dim} and {num_params}.")
+    if not (is_positive_int(dim) and is_positive_int(num_params)):
+        raise ValueError(f"made: dim and num_params must be positive ints, got {dim!r} and {num_params!r}.")
     order = check_order(dim, order)
     degrees = hidden_unit_degrees(dim, hidden, conditional=context_dim is not None, method=hidden_degrees, key=key)
     module = MADE(made_masks(order, num_params, degrees, context_dim or 0), activation)

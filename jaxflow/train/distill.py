@@ -27,8 +27,8 @@ import functools
 import jax
 import jax.numpy as jnp
 
+from jaxflow.bijectors._checks import check_finite_rows
 from jaxflow.train import _loop, sharding
-from jaxflow.train._checks import check_finite_rows
 from jaxflow.train._step import init_state, make_step, with_clipping
 
 

@@ -24,9 +24,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxflow.bijectors._checks import is_positive_int
+from jaxflow.bijectors._checks import check_finite_rows, check_float, is_positive_int
 from jaxflow.train import _loop, sharding
-from jaxflow.train._checks import check_finite_rows, check_float
 from jaxflow.train._step import init_state, make_step, with_clipping
 
 DEFAULT_NUM_STEPS = 1000
