@@ -76,6 +76,7 @@ def test_weights_tied_at_the_tail_cutoff_fit_only_those_above_it():
     rng = np.random.default_rng(0)
     log_weights = np.where(rng.random(4000) < 0.02, 0.5, 0.0)
     assert float(diagnostics.pareto_k(log_weights)) < 0
+    assert np.isfinite(float(diagnostics.pareto_k(np.concatenate([np.zeros(3000), [0.5]]))))  # one above the cutoff
     # Fitting the largest draws of a sample equals fitting them alone.
     x = stats.genpareto.rvs(0.5, size=400, random_state=rng)
     top = np.sort(x)[-150:]

@@ -243,3 +243,16 @@ def test_data_init_refuses_nan_data_naming_the_row():
     batch = jnp.ones((5, DIM)).at[3, 1].set(jnp.nan)
     with pytest.raises(ValueError, match=r"the data batch y: 1 of 5 rows contain NaN or inf \(the first is row 3\)"):
         jf.initialize_from_data(layer, layer.init(jax.random.key(0)), batch)
+
+
+def test_validation_of_nested_stacks_names_both_layers_in_either_order():
+    inner = jf.stack(jf.chain(jb.affine(2), jb.affine(2)), 3, name="inner")
+    outer = jf.stack(inner, 2, name="outer")
+    params = jax.tree.map(lambda leaf: jnp.full_like(leaf, 1e30), outer.init(jax.random.key(0)))
+    for bijector, layer_params, message in [
+        (outer, params, r"outer layer 0: inner layer 0: chain\[0\] affine"),
+        (inner, jax.tree.map(lambda leaf: leaf[0], params), r"of inner layer 0: chain\[0\] affine"),
+        (outer, params, r"outer layer 0: inner layer 0: chain\[0\] affine"),  # no body traced for another
+    ]:
+        with pytest.raises(FloatingPointError, match=message):
+            jf.validation.checked(bijector.forward)(layer_params, jnp.ones(2))

@@ -217,13 +217,11 @@ def stack(
         keys = jax.random.split(key, num_layers)
         return jax.vmap(lambda k, c: build(c).init(k))(keys, constants)
 
-    # One body function per direction (and validation mode), made once: `lax.scan` caches
-    # its traced body by function identity, so eager calls of the stack compile only once.
-    # The context travels in the carry rather than in a closure for the same reason.
-    @functools.cache
-    def scan_body(direction, validating):
-        del validating  # part of the cache key: validation adds checks at trace time
-
+    # One body function per direction, made once: `lax.scan` caches its traced body by
+    # function identity, so eager calls of the stack compile only once. The context travels
+    # in the carry rather than in a closure for the same reason. Validation adds checks at
+    # trace time, labelled by the loops around this one, so it makes a fresh body each time.
+    def make_body(direction):
         def body(carry, layer_inputs):
             x, total, context, selected_params = carry
             sliced_params, layer_constants, layer_key, index = layer_inputs
@@ -235,10 +233,12 @@ def stack(
 
         return body
 
+    cached_body = functools.cache(make_body)
+
     def run(direction, params, x, context, key):
         _check_stacked_params(params, num_layers, name)
         keys = None if key is None or not prototype.stochastic else jax.random.split(key, num_layers)
-        body = scan_body(direction, validation.is_enabled())
+        body = make_body(direction) if validation.is_enabled() else cached_body(direction)
         sliced_params, selected_params = _partition_layer_params(params, select_vectors=_selects_layer_vectors())
         carry = (x, jnp.zeros((), _log_det_dtype(x)), context, selected_params)
         scanned = (sliced_params, constants, keys, indices)

@@ -113,33 +113,39 @@ def contract(variables, *, num_layers: int, lipschitz: float):
     return {**variables, "params": layers}
 
 
+STALL_STEPS = 4  # steps without a new smallest move after which `fixed_point` takes rounding to dominate
+ROUNDING_MOVES = 2  # moves below this many eps |x| are rounding: `fixed_point` stops there whatever the rate
+
+
 def fixed_point(step, start, *, rate: float, tol: float, max_iter: int):
     """Iterates x <- step(x) from `start` for a contraction `step` of Lipschitz constant <= `rate` < 1.
 
-    A move by m leaves x within m rate / (1 - rate) of the fixed point, so the iteration
-    stops once a move is at most tol (1 - rate) |x|: x is then within about tol |x|. Where
-    rounding keeps the moves above that, it stops once no move has been the smallest yet for
-    2 / (1 - rate) steps (the steps a contraction at `rate` takes to halve its error twice
-    over, so slow but steady progress, whose moves round to equal sizes, is not mistaken for
-    rounding); and after `max_iter` steps in any case.
+    A move by m at an observed contraction q (this move over the last, at most `rate`)
+    leaves x within about m q / (1 - q) of the fixed point, so the iteration stops once a
+    move is at most tol (1 - q) |x|: x is then within about tol |x|, also near the critical
+    rate, where the moves shrink slowly; or once a move is within `ROUNDING_MOVES` eps |x|,
+    which rounding cannot resolve further. It also stops once no move has been the smallest
+    yet for `STALL_STEPS` steps (moves that round to equal sizes are not taken for a stall at
+    once: the error may still be shrinking), and after `max_iter` steps in any case.
     """
-    patience = math.ceil(2 / (1 - rate))
 
     def keep_going(state):
-        x, moved, _, since_smallest, iteration = state
-        converged = moved <= tol * (1 - rate) * jnp.linalg.norm(x)
-        return (iteration < max_iter) & ~converged & (since_smallest < patience)
+        x, moved, previous, _, since_smallest, iteration = state
+        contraction = jnp.clip(moved / previous, 0.0, rate)
+        resolvable = jnp.maximum(tol * (1 - contraction), ROUNDING_MOVES * jnp.finfo(x.dtype).eps)
+        converged = moved <= resolvable * jnp.linalg.norm(x)
+        return (iteration < max_iter) & ~converged & (since_smallest < STALL_STEPS)
 
     def body(state):
-        x, _, smallest, since_smallest, iteration = state
+        x, moved, _, smallest, since_smallest, iteration = state
         new = step(x)
-        moved = jnp.linalg.norm(new - x)
-        since_smallest = jnp.where(moved < smallest, 0, since_smallest + 1)
-        return new, moved, jnp.minimum(moved, smallest), since_smallest, iteration + 1
+        new_moved = jnp.linalg.norm(new - x)
+        since_smallest = jnp.where(new_moved < smallest, 0, since_smallest + 1)
+        return new, new_moved, moved, jnp.minimum(new_moved, smallest), since_smallest, iteration + 1
 
     dtype = jnp.result_type(start)
     large = jnp.asarray(jnp.finfo(dtype).max, dtype)
-    state = (start, large, large, jnp.zeros((), jnp.int32), jnp.zeros((), jnp.int32))
+    state = (start, large, large, large, jnp.zeros((), jnp.int32), jnp.zeros((), jnp.int32))
     return jax.lax.while_loop(keep_going, body, state)[0]
 
 

@@ -137,7 +137,8 @@ def fit_generalized_pareto(x, *, num_fitted=None) -> tuple[jax.Array, jax.Array]
         return jnp.sum(jnp.where(fitted, values, 0.0)) / count
 
     num_grid = 30 + math.isqrt(n)
-    first_quartile = x[n - count + jnp.floor(count / 4 + 0.5).astype(int) - 1]
+    quartile_rank = jnp.floor(count / 4 + 0.5).astype(int) - 1  # -1 for a single draw: that draw, as in PSIS
+    first_quartile = x[n - count + jnp.where(quartile_rank < 0, count - 1, quartile_rank)]
     j = jnp.arange(1, num_grid + 1, dtype=x.dtype)
     thetas = 1 / x[-1] + (1 - jnp.sqrt(num_grid / (j - 0.5))) / (3 * first_quartile)
     log_likelihood = jax.vmap(lambda theta: _profile_log_likelihood(theta, x, mean, count))(thetas)
