@@ -86,6 +86,11 @@ def standardise(config: dict, rows, dtype=np.float32) -> np.ndarray:
         return ((np.asarray(rows, np.float64) - mean) / sd).astype(dtype)
 
 
+def within_float32(z) -> np.ndarray:
+    """Elementwise: whether standardised values are finite in float32, the flow's precision."""
+    return np.abs(z) <= np.finfo(np.float32).max
+
+
 def standardisation(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(mean, sd) per column, computed on rows divided by each column's largest magnitude, so that
     neither the squares of values beyond 1e154 overflow nor those of values below 1e-154 underflow."""

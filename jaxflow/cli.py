@@ -126,9 +126,9 @@ def _fit_config(args, flow: tuple[str, dict], table: Table, train_rows: np.ndarr
         column = columns[int(np.argmax(sd == 0))]
         raise CliError(f"column {column!r} is constant on the training rows; a density needs it to vary: drop it")
     with np.errstate(over="ignore"):
-        spread = np.max(np.abs((train_rows - mean) / sd), axis=0)
-    if not np.all(spread <= np.finfo(np.float32).max):
-        column = columns[int(np.argmax(~(spread <= np.finfo(np.float32).max)))]
+        too_spread = ~runs.within_float32((train_rows - mean) / sd).all(axis=0)
+    if too_spread.any():
+        column = columns[int(np.argmax(too_spread))]
         raise CliError(
             f"column {column!r} spans more standard deviations than float32 holds (or values beyond float64's "
             "range once centred); rescale it or remove its outliers"
@@ -218,7 +218,7 @@ def _score(config, model, params, x: np.ndarray) -> np.ndarray:
     compilation). Rows farther out than float32 holds once standardised (beyond ~3e38 sds) get -inf."""
     block = min(len(x), 8192)
     z = runs.standardise(config, x, np.float64)
-    beyond = ~np.all(np.abs(z) <= np.finfo(np.float32).max, axis=1)
+    beyond = ~runs.within_float32(z).all(axis=1)
     z = np.where(beyond[:, None], 0.0, z).astype(np.float32)
     padded = np.concatenate([z, np.repeat(z[:1], -len(z) % block, axis=0)])
     log_prob = jax.jit(model.log_prob)

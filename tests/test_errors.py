@@ -206,7 +206,7 @@ def test_lu_linear_log_diagonal_whose_exp_is_not_a_normal_float_is_refused():
 
 
 def test_factor_out_needs_channels_to_split():
-    with pytest.raises(ValueError, match=r"C >= 2 channels to split, got \(4, 4, 1\)"):
+    with pytest.raises(ValueError, match=r"C >= 2 channels to split, got shape \(4, 4, 1\)"):
         jb.factor_out(jb.shift((4, 4, 0)), (4, 4, 1))
 
 
@@ -243,6 +243,9 @@ def test_data_init_refuses_nan_data_naming_the_row():
     batch = jnp.ones((5, DIM)).at[3, 1].set(jnp.nan)
     with pytest.raises(ValueError, match=r"the data batch y: 1 of 5 rows contain NaN or inf \(the first is row 3\)"):
         jf.initialize_from_data(layer, layer.init(jax.random.key(0)), batch)
+    affine = jb.affine(DIM)  # an empty batch passes through, as before the check
+    _, x = jf.initialize_from_data(affine, affine.init(jax.random.key(0)), jnp.zeros((0, DIM)))
+    assert x.shape == (0, DIM)
 
 
 def test_validation_of_nested_stacks_names_both_layers_in_either_order():

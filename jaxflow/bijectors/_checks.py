@@ -132,7 +132,7 @@ def check_finite_rows(x, what: str) -> None:
     """Raises ValueError naming how many rows of `x` (leading axis) hold NaN or inf, and the first."""
     if not jnp.issubdtype(x.dtype, jnp.inexact):
         return
-    bad = ~jnp.all(jnp.isfinite(x.reshape(x.shape[0], -1)), axis=1)
+    bad = ~jnp.all(jnp.isfinite(x), axis=tuple(range(1, x.ndim)))
     count = int(bad.sum())
     if count:
         raise ValueError(

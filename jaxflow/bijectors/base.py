@@ -92,6 +92,11 @@ def initialize_from_data(bijector: Bijector, params, y, context=None):
         )
     if not isinstance(y, jax.core.Tracer):
         check_finite_rows(jnp.asarray(y), f"initialize_from_data ({bijector.name}): the data batch y")
+    return initialize_layer(bijector, params, y, context)
+
+
+def initialize_layer(bijector: Bijector, params, y, context=None):
+    """`initialize_from_data` without its checks of the batch: for combinators, which pass on a checked one."""
     if bijector.data_init is not None:
         return bijector.data_init(params, y, context)
     if bijector.stochastic:
@@ -161,7 +166,7 @@ def chain(*bijectors: Bijector, name: str | None = None) -> Bijector:
     def data_init(params, y, context=None):
         new_params = list(params)
         for i in reversed(range(len(bijectors))):
-            new_params[i], y = initialize_from_data(bijectors[i], params[i], y, context)
+            new_params[i], y = initialize_layer(bijectors[i], params[i], y, context)
         return tuple(new_params), y
 
     has_data_init = any(b.data_init is not None for b in bijectors)
@@ -208,8 +213,9 @@ def stack(
             )
         _check_constants(constants, num_layers)
         build = layer
-    layers = [_built_layer(build, constants, i) for i in range(num_layers if constants is not None else 1)]
-    prototype = layers[0]  # the others were built for their checks alone
+    prototype = _built_layer(build, constants, 0)
+    for index in range(1, num_layers if constants is not None else 1):  # built for their constants' checks alone
+        _built_layer(build, constants, index)
     name = name or f"stack({prototype.name})"
     indices = jnp.arange(num_layers)
 
@@ -254,7 +260,7 @@ def stack(
     def data_init(params, y, context=None):
         def body(y, layer_inputs):
             layer_params, layer_constants = layer_inputs
-            new_params, x = initialize_from_data(build(layer_constants), layer_params, y, context)
+            new_params, x = initialize_layer(build(layer_constants), layer_params, y, context)
             return x, new_params
 
         x, new_params = jax.lax.scan(body, y, (params, constants), reverse=True)

@@ -17,8 +17,8 @@ import jax
 import jax.numpy as jnp
 
 from jaxflow.bijectors import transformers
-from jaxflow.bijectors._checks import as_shape, check_event, is_positive_int
-from jaxflow.bijectors.base import Bijector, chain, initialize_from_data, invert, maybe_keyless, stack, transform
+from jaxflow.bijectors._checks import check_event, is_positive_int
+from jaxflow.bijectors.base import Bijector, chain, initialize_layer, invert, maybe_keyless, stack, transform
 from jaxflow.bijectors.image import check_image_shape, glow_step, image_coupling, squeeze
 
 
@@ -28,9 +28,9 @@ def factor_out(inner: Bijector, shape) -> Bijector:
     The channels that pass unchanged are the factored-out ones of a multi-scale flow.
     Params: `inner`'s. A stochastic `inner` makes the result stochastic (it takes `key=`).
     """
-    shape = as_shape(shape)
-    if len(shape) != 3 or shape[-1] < 2:
-        raise ValueError(f"factor_out: expected an event shape (H, W, C) with C >= 2 channels to split, got {shape}.")
+    shape = check_image_shape("factor_out", shape)
+    if shape[-1] < 2:
+        raise ValueError(f"factor_out: needs C >= 2 channels to split, got shape {shape}.")
     kept = shape[-1] // 2
     name = f"factor_out({inner.name})"
 
@@ -46,7 +46,7 @@ def factor_out(inner: Bijector, shape) -> Bijector:
         return run("inverse", params, y, context, key)
 
     def data_init(params, y, context=None):
-        params, x = initialize_from_data(inner, params, y[..., :kept], context)
+        params, x = initialize_layer(inner, params, y[..., :kept], context)
         return params, jnp.concatenate([x, y[..., kept:]], axis=-1)
 
     return Bijector(
