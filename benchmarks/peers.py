@@ -4,10 +4,13 @@ Each builder returns a `Model(params, log_prob, sample)` on events of one shape:
   log_prob(params, x (n, *event_shape)) -> (n,)     sample(params, key, n) -> (n, *event_shape)
 Vector models, on events of shape (dim,): realnvp (affine couplings + random permutations), maf
 (affine MADE layers + random permutations), nsf (rational-quadratic spline couplings + random
-permutations); all with MLPs of `hidden` widths, each coupling's network reading dim // 2 entries
-and parametrising the other ones, the base a fixed standard normal. Every library trains as many
-params, except that the peers' splines take 2 more raw params per entry (both boundary
-derivatives) than jaxflow's 3 * bins - 1 (tests/test_benchmarks.py counts them). jaxflow also
+permutations, each library drawing its own); all with MLPs of `hidden` widths, each coupling's
+network reading dim // 2 entries and parametrising the other ones, the base a fixed standard
+normal, the couplings' transformer applied in the sampling direction (flowjax's default inverts
+its couplings: `invert=False` here). Every library trains as many params, except that flowjax's
+splines learn both boundary derivatives, 2 more raw params per entry than jaxflow's and distrax's
+3 * bins - 1 (tests/test_benchmarks.py counts them; distrax's network computes only the slopes
+its `boundary_slopes="identity"` splines read). jaxflow also
 builds every other ready-made flow of `jaxflow.flows`: the vector flows nice, iaf,
 nsf_autoregressive, flowpp, residual, planar, radial and sylvester, and Glow on images of shape
 (H, W, C), none of which a peer expresses.
@@ -89,7 +92,11 @@ def jaxflow_unrolled_model(name, key, event_shape, *args, **config) -> Model:
 # flowjax -------------------------------------------------------------------------------------
 
 def flowjax_flow(name, key, dim: int, layers, hidden, bins=8):
-    """flowjax's flow: the same layers, widths and bins as jaxflow's (flowjax counts inner knots, bins - 1)."""
+    """flowjax's flow: the same layers, widths and bins as jaxflow's (flowjax counts inner knots, bins - 1).
+
+    Couplings get `invert=False`, so that, as in jaxflow and distrax, sampling runs the spline and
+    densities invert it (flowjax's default, the reverse, samples its NSF about 1.6x slower).
+    """
     from flowjax.bijections import Affine, RationalQuadraticSpline
     from flowjax.distributions import Normal
     from flowjax.flows import coupling_flow, masked_autoregressive_flow
@@ -98,11 +105,12 @@ def flowjax_flow(name, key, dim: int, layers, hidden, bins=8):
         raise ValueError("flowjax uses one width for every hidden layer")
     common = dict(base_dist=Normal(jnp.zeros(dim)), flow_layers=layers, nn_width=hidden[0], nn_depth=len(hidden))
     if name == "realnvp":
-        return coupling_flow(key, transformer=Affine(), **common)
+        return coupling_flow(key, transformer=Affine(), invert=False, **common)
     if name == "maf":
         return masked_autoregressive_flow(key, transformer=Affine(), **common)
     if name == "nsf":
-        return coupling_flow(key, transformer=RationalQuadraticSpline(knots=bins - 1, interval=4.0), **common)
+        spline = RationalQuadraticSpline(knots=bins - 1, interval=4.0)
+        return coupling_flow(key, transformer=spline, invert=False, **common)
     raise ValueError(f"flowjax_flow: no flowjax model {name!r}; expected one of {FLOWJAX_MODELS}.")
 
 
@@ -158,12 +166,20 @@ def _distrax_affine(size):
 
 
 def _distrax_spline(size, bins):
+    """Splines with unit boundary slopes from 3 * bins - 1 raw params per entry, as jaxflow's.
+
+    distrax reads 3 * bins + 1 (widths, heights, then every knot's slope) and, with
+    `boundary_slopes="identity"`, ignores the first and last slope: zeros stand in for them
+    rather than two network outputs per entry that would never train.
+    """
     import distrax
 
-    num_params = 3 * bins + 1  # distrax's parametrisation includes the two boundary slopes
+    num_params = 3 * bins - 1
 
     def make(raw):
         raw = raw.reshape(*raw.shape[:-1], size, num_params)
+        unused_slope = jnp.zeros_like(raw[..., :1])
+        raw = jnp.concatenate([raw[..., : 2 * bins], unused_slope, raw[..., 2 * bins :], unused_slope], axis=-1)
         spline = distrax.RationalQuadraticSpline(raw, range_min=-4.0, range_max=4.0, boundary_slopes="identity")
         return distrax.Block(spline, 1)
 

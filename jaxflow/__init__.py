@@ -7,12 +7,12 @@
 """
 
 from jaxflow import bijectors, conditioners, flows, latent, validation
-from jaxflow.bijectors import Bijector, chain, freeze, initialize_from_data, invert, stack
+from jaxflow.bijectors import Bijector, chain, freeze, ignore_context, initialize_from_data, invert, stack
 from jaxflow.distributions import Distribution, Flow, diagonal_normal, standard_normal
 
 __version__ = "0.1.0"
 
 __all__ = [
     "Bijector", "Distribution", "Flow", "bijectors", "chain", "conditioners", "diagonal_normal", "flows", "freeze",
-    "initialize_from_data", "invert", "latent", "stack", "standard_normal", "validation",
+    "ignore_context", "initialize_from_data", "invert", "latent", "stack", "standard_normal", "validation",
 ]

@@ -83,30 +83,35 @@ def noise_context(x, num_levels: int):
 
 
 def uniform_dequantized_log_likelihood_bound(
-    key, model_flow: Flow, model_params, x_int, num_levels: int, num_samples: int = 1
+    key, model_flow: Flow, model_params, x_int, num_levels: int, num_samples: int = 1, *, context=None
 ):
     """Monte Carlo estimate of E_{u ~ U[0,1)^D}[log p((x + u) / L)] - D log L <= log P(x).
 
     Args:
       key: PRNG key, for the noise and for a stochastic model log-det.
-      model_flow: an unconditional `Flow` whose density p lives on [0, 1]^D.
+      model_flow: a `Flow` whose density p lives on [0, 1]^D.
       model_params: its params.
       x_int: integer data of shape (*batch, *event_shape), values in [0, L).
       num_levels: L.
       num_samples: noise draws per data point.
+      context: for a conditional model flow (e.g. a class-conditional Glow), one context
+        shared by all of `x_int` or one per row, of shape (*batch, *context_shape).
 
     Returns:
       The bound in nats, of shape `batch`.
     """
     name = "uniform_dequantized_log_likelihood_bound"
     x_int, sample_shape = _prepare(name, model_flow, x_int, num_levels, num_samples)
+    context = _model_context(name, model_flow, context, sample_shape)
     noise_key, log_det_key = _noise_and_log_det_keys(model_flow, key)
     u = jax.random.uniform(noise_key, sample_shape + model_flow.event_shape, jnp.result_type(float))
-    return _bound(model_flow, model_params, x_int, num_levels, u, jnp.zeros(sample_shape, u.dtype), log_det_key)
+    log_q = jnp.zeros(sample_shape, u.dtype)
+    return _bound(model_flow, model_params, x_int, num_levels, u, log_q, context, log_det_key)
 
 
 def dequantized_log_likelihood_bound(
-    key, model_flow: Flow, model_params, noise_flow: Flow, noise_params, x_int, num_levels: int, num_samples: int = 1
+    key, model_flow: Flow, model_params, noise_flow: Flow, noise_params, x_int, num_levels: int, num_samples: int = 1,
+    *, context=None,
 ):
     """Monte Carlo estimate of E_q[log p((x + u) / L) - log q(u | x)] - D log L <= log P(x).
 
@@ -115,7 +120,7 @@ def dequantized_log_likelihood_bound(
 
     Args:
       key: PRNG key, for the noise and for a stochastic model log-det.
-      model_flow: an unconditional `Flow` whose density p lives on [0, 1]^D.
+      model_flow: a `Flow` whose density p lives on [0, 1]^D.
       model_params: its params.
       noise_flow: q(u | x), a conditional flow on (0, 1)^D from `variational_dequantization`,
         given `noise_context(x_int, num_levels)` as context.
@@ -123,12 +128,15 @@ def dequantized_log_likelihood_bound(
       x_int: integer data of shape (*batch, *event_shape), values in [0, L).
       num_levels: L.
       num_samples: noise draws per data point.
+      context: for a conditional model flow (e.g. a class-conditional Glow), one context
+        shared by all of `x_int` or one per row, of shape (*batch, *context_shape).
 
     Returns:
       The bound in nats, of shape `batch`.
     """
     name = "dequantized_log_likelihood_bound"
     x_int, sample_shape = _prepare(name, model_flow, x_int, num_levels, num_samples)
+    model_context = _model_context(name, model_flow, context, sample_shape)
     if noise_flow.event_shape != model_flow.event_shape or noise_flow.context_shape != model_flow.event_shape:
         raise ValueError(
             f"{name}: the noise flow must have event and context shape {model_flow.event_shape} (the data's), "
@@ -140,10 +148,10 @@ def dequantized_log_likelihood_bound(
             f"variational_dequantization(flow), which ends it in a sigmoid; got a flow whose bijector is "
             f"{noise_flow.bijector.name!r}."
         )
-    context = jnp.broadcast_to(noise_context(x_int, num_levels), sample_shape + model_flow.event_shape)
+    noise_flow_context = jnp.broadcast_to(noise_context(x_int, num_levels), sample_shape + model_flow.event_shape)
     noise_key, log_det_key = _noise_and_log_det_keys(model_flow, key)
-    u, log_q = noise_flow.sample_and_log_prob(noise_params, noise_key, sample_shape, context)
-    return _bound(model_flow, model_params, x_int, num_levels, u, log_q, log_det_key)
+    u, log_q = noise_flow.sample_and_log_prob(noise_params, noise_key, sample_shape, noise_flow_context)
+    return _bound(model_flow, model_params, x_int, num_levels, u, log_q, model_context, log_det_key)
 
 
 def bits_per_dim(log_likelihood, num_dims: int):
@@ -166,9 +174,9 @@ def _noise_and_log_det_keys(model_flow, key):
     return key, None
 
 
-def _bound(model_flow, model_params, x_int, num_levels, u, log_q, log_det_key):
+def _bound(model_flow, model_params, x_int, num_levels, u, log_q, context, log_det_key):
     """Averages log p((x + u) / L) - log q over the leading sample axis and adds -D log L."""
-    log_p = model_flow.log_prob(model_params, _lift(x_int, u, num_levels), key=log_det_key)
+    log_p = model_flow.log_prob(model_params, _lift(x_int, u, num_levels), context, key=log_det_key)
     num_dims = math.prod(model_flow.event_shape)
     return jnp.mean(log_p - log_q, axis=0) - num_dims * math.log(num_levels)
 
@@ -178,12 +186,23 @@ def _prepare(name, model_flow, x_int, num_levels, num_samples):
     x_int = _check_integer_data(name, x_int, num_levels)
     if not is_positive_int(num_samples):
         raise ValueError(f"{name}: num_samples must be a positive int, got {num_samples!r}.")
-    if model_flow.context_shape is not None:
-        raise ValueError(f"{name}: the model flow must be unconditional, got context_shape {model_flow.context_shape}.")
     event = model_flow.event_shape
     if x_int.ndim < len(event) or x_int.shape[x_int.ndim - len(event):] != event:
         raise ValueError(f"{name}: expected integer data with trailing event shape {event}, got shape {x_int.shape}.")
     return x_int, (int(num_samples), *x_int.shape[: x_int.ndim - len(event)])
+
+
+def _model_context(name, model_flow, context, sample_shape):
+    """A conditional model's context broadcast over the noise draws: (*sample_shape, *context_shape)."""
+    context, context_batch = model_flow._checked_context(context, name)
+    if context_batch is None:
+        return None
+    if context_batch and context_batch != sample_shape[1:]:
+        raise ValueError(
+            f"{name}: pass one context shared by all of x_int, or one per row, of batch shape {sample_shape[1:]}; "
+            f"got a context of batch shape {context_batch}."
+        )
+    return jnp.broadcast_to(context, sample_shape + model_flow.context_shape)
 
 
 def _check_integer_data(name, x, num_levels):

@@ -70,6 +70,15 @@ def diagonal_normal(shape) -> Distribution:
     return Distribution(init, log_prob, sample, shape, "diagonal_normal")
 
 
+def _sample_shape(shape: tuple[int, ...], context_batch) -> tuple[int, ...]:
+    """The batch shape of a draw: `shape`, or the batch shape of per-sample contexts."""
+    if not context_batch:
+        return shape
+    if shape in ((), context_batch):
+        return context_batch
+    raise ValueError(f"Flow.sample: shape {shape} does not match the context batch shape {context_batch}.")
+
+
 def _check_sample_shape(shape) -> tuple[int, ...]:
     """`shape` as a tuple, after checking that it is a non-negative int or a sequence of them (integer arrays too)."""
     if isinstance(shape, (np.ndarray, jax.Array)) and jnp.issubdtype(shape.dtype, jnp.integer) and shape.ndim <= 1:
@@ -82,7 +91,13 @@ def _check_sample_shape(shape) -> tuple[int, ...]:
     return tuple(int(d) for d in dims)
 
 
-class Flow(NamedTuple):
+class _FlowFields(NamedTuple):
+    base: Distribution
+    bijector: Bijector
+    context_shape: tuple[int, ...] | None = None
+
+
+class Flow(_FlowFields):
     """A normalising flow: `x = bijector.forward(z)` with `z ~ base`.
 
     Params are `{"base": ..., "bijector": ...}`. Every method accepts any leading
@@ -93,12 +108,14 @@ class Flow(NamedTuple):
     Attributes:
       base: the base `Distribution`.
       bijector: the `Bijector` mapping base samples to data.
-      context_shape: shape of one context for a conditional flow, None otherwise.
+      context_shape: shape of one context for a conditional flow (an int n reads as
+        (n,)), None otherwise.
     """
 
-    base: Distribution
-    bijector: Bijector
-    context_shape: tuple[int, ...] | None = None
+    __slots__ = ()
+
+    def __new__(cls, base: Distribution, bijector: Bijector, context_shape=None):
+        return super().__new__(cls, base, bijector, None if context_shape is None else as_shape(context_shape))
 
     @property
     def event_shape(self) -> tuple[int, ...]:
@@ -113,12 +130,13 @@ class Flow(NamedTuple):
         x = check_event("Flow.log_prob", x, None)
         batch_shape = self._batch_shape(x.shape, "x")
         validation.check_finite("Flow.log_prob", "input", x)
+        context, context_batch = self._checked_context(context, "Flow.log_prob")
 
         def one(x, context, key):
             z, log_det = transform(self.bijector, "inverse", params["bijector"], x, context, key)
             return self.base.log_prob(params["base"], z) + log_det
 
-        return self._map(one, batch_shape, x, context, key)
+        return self._map(one, batch_shape, x, context, context_batch, key)
 
     def sample(self, params, key, shape=(), context=None):
         """Draws samples of shape (*shape, *event_shape); one forward pass."""
@@ -126,7 +144,8 @@ class Flow(NamedTuple):
 
     def sample_and_log_prob(self, params, key, shape=(), context=None):
         """Samples and their log q, from the forward pass alone (no inverse)."""
-        shape = self._sample_shape(_check_sample_shape(shape), context)
+        context, context_batch = self._checked_context(context, "Flow.sample")
+        shape = _sample_shape(_check_sample_shape(shape), context_batch)
         count = int(np.prod(shape))
         noise_key, bijector_key = jax.random.split(key)
         z = jax.vmap(self.base.sample, in_axes=(None, 0))(params["base"], jax.random.split(noise_key, count))
@@ -136,35 +155,27 @@ class Flow(NamedTuple):
             x, log_det = transform(self.bijector, "forward", params["bijector"], z, context, key)
             return x, self.base.log_prob(params["base"], z) - log_det
 
-        return self._map(one, shape, z, context, bijector_key if self.bijector.stochastic else None)
+        return self._map(one, shape, z, context, context_batch, bijector_key if self.bijector.stochastic else None)
 
     def _batch_shape(self, shape, what):
         return batch_shape_of(f"Flow ({what})", shape, self.event_shape)
 
-    def _context_batch_shape(self, context):
-        """Batch shape of a context (() for one shared context); validates its event shape."""
+    def _checked_context(self, context, caller: str):
+        """The context as an array and its batch shape (() for one shared context; None without one)."""
         if self.context_shape is None:
             if context is not None:
                 raise ValueError(f"Flow is unconditional but got a context of shape {jnp.shape(context)}.")
-            return None
+            return None, None
         if context is None:
             raise ValueError(
                 f"Flow is conditional: pass a context of shape {self.context_shape} (or with batch dims in front)."
             )
         context = check_event("Flow", context, None, what="context")
-        return batch_shape_of("Flow (context)", context.shape, self.context_shape)
+        validation.check_finite(caller, "context", context)
+        return context, batch_shape_of("Flow (context)", context.shape, self.context_shape)
 
-    def _sample_shape(self, shape, context):
-        context_batch = self._context_batch_shape(context)
-        if not context_batch:
-            return shape
-        if shape in ((), context_batch):
-            return context_batch
-        raise ValueError(f"Flow.sample: shape {shape} does not match the context batch shape {context_batch}.")
-
-    def _map(self, one, batch_shape, x, context, key):
+    def _map(self, one, batch_shape, x, context, context_batch, key):
         """Applies `one(event, context, key)` over the flattened batch and restores its shape."""
-        context_batch = self._context_batch_shape(context)
         if context_batch and context_batch != batch_shape:
             raise ValueError(
                 f"Flow: context batch shape {context_batch} does not match the data batch shape {batch_shape}."

@@ -19,8 +19,9 @@ from jaxflow.distributions import Flow
 def _map(flow: Flow, direction: str, params, batch, context, key):
     """The bijector's `direction` over a batch, with `Flow`'s rules for contexts (shared or one per row) and keys."""
     batch_shape = flow._batch_shape(jnp.shape(batch), "a batch")
+    context, context_batch = flow._checked_context(context, f"latent ({direction})")
     one = lambda v, c, k: transform(flow.bijector, direction, params["bijector"], v, c, k)[0]  # noqa: E731
-    return flow._map(one, batch_shape, jnp.asarray(batch), context, key)
+    return flow._map(one, batch_shape, jnp.asarray(batch), context, context_batch, key)
 
 
 def encode(flow: Flow, params, x, context=None, *, key=None):
@@ -62,12 +63,18 @@ def interpolate(
       x_start, x_end: two events of the flow's event shape.
       num_points: points on the path, ends included.
       spherical: slerp instead of a straight line (keeps Gaussian latents on the typical shell).
+      context: for a conditional flow, one context shared by both ends and the path.
 
     Returns:
       (num_points, *event) decoded points, `x_start` first and `x_end` last.
     """
     if not is_positive_int(num_points) or num_points < 2:
         raise ValueError(f"interpolate: num_points counts both ends and must be an int >= 2, got {num_points!r}.")
+    if flow._checked_context(context, "latent.interpolate")[1]:
+        raise ValueError(
+            f"interpolate: pass one context of shape {flow.context_shape}, shared by the ends and the path; "
+            f"got a batch of contexts, shape {jnp.shape(context)}."
+        )
     z = encode(flow, params, jnp.stack([x_start, x_end]), context, key=key)
     t = jnp.linspace(0.0, 1.0, num_points)
     if spherical:
@@ -77,14 +84,18 @@ def interpolate(
     return decode(flow, params, path, context, key=key)
 
 
-def attribute_vector(flow: Flow, params, x_with, x_without, context=None, *, key=None):
-    """Glow's attribute direction: mean latent of `x_with` minus mean latent of `x_without`."""
+def attribute_vector(flow: Flow, params, x_with, x_without, *, context_with=None, context_without=None, key=None):
+    """Glow's attribute direction: mean latent of `x_with` minus mean latent of `x_without`.
+
+    For a conditional flow each group takes its own contexts, `context_with` and
+    `context_without`: one shared by the group or one per row.
+    """
     for label, group in (("x_with", x_with), ("x_without", x_without)):
         if jnp.shape(group)[:1] == (0,):
             raise ValueError(f"attribute_vector: {label} is an empty batch; each group needs at least one example.")
     key_with, key_without = (None, None) if key is None else jax.random.split(key)
-    mean_with = encode(flow, params, x_with, context, key=key_with).mean(0)
-    return mean_with - encode(flow, params, x_without, context, key=key_without).mean(0)
+    mean_with = encode(flow, params, x_with, context_with, key=key_with).mean(0)
+    return mean_with - encode(flow, params, x_without, context_without, key=key_without).mean(0)
 
 
 def apply_attribute(flow: Flow, params, x, vector, amount: float = 1.0, context=None, *, key=None):

@@ -85,7 +85,7 @@ def check_finite(label: str, direction: str, value, log_det=None, index=None, in
 
     Args:
       label: what produced the values, e.g. "chain[2] affine_coupling".
-      direction: "forward", "inverse" or "input" (for data entering a flow).
+      direction: "forward", "inverse", or "input" and "context" (for data entering a flow).
       value: the output array of the layer.
       log_det: the layer's log-det, or None.
       index: optional traced layer index (inside `stack`).
@@ -94,7 +94,7 @@ def check_finite(label: str, direction: str, value, log_det=None, index=None, in
     if not is_enabled():
         return
     inputs_bad = ~jnp.all(jnp.isfinite(inputs)) if inputs is not None else jnp.array(False)
-    what = "input" if direction == "input" else f"{direction} output"
+    what = direction if direction in ("input", "context") else f"{direction} output"
     scopes = [*getattr(_state, "scopes", ()), (label, index)]
     where = ": ".join(name if at is None else f"{name} {{layer{depth}}}" for depth, (name, at) in enumerate(scopes))
     kwargs = {f"layer{depth}": index for depth, (_, index) in enumerate(scopes) if index is not None}

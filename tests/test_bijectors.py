@@ -112,6 +112,19 @@ def test_kit_detects_a_wrong_inverse():
 
 
 @pytest.mark.float64
+def test_kit_detects_an_inverse_that_changes_the_dtype():
+    honest = jb.shift(2)
+
+    def inverse(params, y, context=None):
+        x, log_det = honest.inverse(params, y, context)
+        return x.astype(jnp.float32), log_det  # float64 events come back as float32
+
+    lossy = honest._replace(inverse=inverse, name="lossy")
+    with pytest.raises(AssertionError, match="inverse x float32"):
+        check_bijector(lossy, {"shift": jnp.array([1.0, 2.0])}, jnp.zeros(2, jnp.float64))
+
+
+@pytest.mark.float64
 def test_kit_detects_an_inverse_that_differs_under_jit():
     honest = jb.shift(2)
 

@@ -235,3 +235,19 @@ def test_the_noisy_twin_passes_the_kit_like_a_stochastic_layer():
     noisy = with_noisy_log_det(jb.affine(3))
     params = perturbed_params(noisy, jax.random.key(0), 0.5)
     check_bijector(noisy, params, jnp.array([0.3, -1.0, 2.0]), key=jax.random.key(1), log_det_tol=1.0)
+
+
+def test_ignore_context_keeps_an_unconditional_layer_unconditional_in_a_conditional_flow():
+    unconditional = jb.affine_coupling(2, hidden=(8,))
+    params = jax.tree.map(lambda a: a + 0.3, unconditional.init(jax.random.key(0)))
+    x = jnp.array([0.5, -1.0])
+    with pytest.raises(ValueError, match="affine_coupling is unconditional .* wrap it in jaxflow.ignore_context"):
+        unconditional.forward(params, x, jnp.ones(3))
+    wrapped = jf.ignore_context(unconditional)
+    for direction in ("forward", "inverse"):
+        for got, expected in zip(getattr(wrapped, direction)(params, x, jnp.ones(3)),
+                                 getattr(unconditional, direction)(params, x), strict=True):
+            np.testing.assert_array_equal(got, expected)
+    maf_layer = jb.masked_autoregressive(2, jb.transformers.affine(), hidden=(8,))
+    with pytest.raises(ValueError, match="affine_masked_autoregressive is unconditional"):  # the layer, not its MADE
+        maf_layer.inverse(maf_layer.init(jax.random.key(0)), x, jnp.ones(3))

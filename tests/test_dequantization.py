@@ -235,3 +235,27 @@ def test_bound_rejects_data_of_the_wrong_event_shape_and_a_mismatched_noise_flow
     with pytest.raises(ValueError, match="noise flow"):
         x = jnp.zeros((5, 2), int)
         dequantized_log_likelihood_bound(jax.random.key(0), model, model_params, small_noise, {}, x, 4)
+
+
+def test_bounds_of_a_conditional_model_take_shared_or_per_row_contexts():
+    # A model shifted in logit space by its context: the bound follows the context it is given.
+    coupling = jb.affine_coupling(2, hidden=(4,), context_dim=1)
+    model = jf.Flow(jf.standard_normal(2), jb.chain(coupling, jb.sigmoid(2)), 1)
+    params = jax.tree.map(lambda a: a + 0.3, model.init(jax.random.key(0)))
+    x = jnp.array([[0, 3], [2, 1], [1, 1]])
+    noise = variational_dequantization(jf.Flow(jf.standard_normal(2), jb.affine(2), context_shape=(2,)))
+    noise_params = noise.init(jax.random.key(1))
+    for bound, args in (
+        (uniform_dequantized_log_likelihood_bound, ()),
+        (dequantized_log_likelihood_bound, (noise, noise_params)),
+    ):
+        def run(context, bound=bound, args=args):
+            return bound(jax.random.key(2), model, params, *args, x, 4, 8, context=context)
+
+        shared, per_row = run(jnp.ones(1)), run(jnp.ones((3, 1)))
+        np.testing.assert_allclose(shared, per_row, rtol=1e-6)
+        assert shared.shape == (3,) and not np.allclose(shared, run(-jnp.ones(1)))
+        with pytest.raises(ValueError, match=r"batch shape \(3,\); got a context of batch shape \(2,\)"):
+            run(jnp.ones((2, 1)))
+        with pytest.raises(ValueError, match="Flow is conditional"):
+            run(None)

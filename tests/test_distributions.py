@@ -109,6 +109,16 @@ def test_sampling_with_one_context_per_sample():
     np.testing.assert_allclose(flow.log_prob(params, x, contexts), log_q, rtol=1e-4, atol=1e-4)
     with pytest.raises(ValueError, match="does not match the context batch shape"):
         flow.sample(params, jax.random.key(3), (5,), context=contexts)
+    listed = flow.sample_and_log_prob(params, jax.random.key(3), context=np.asarray(contexts).tolist())
+    np.testing.assert_allclose(listed[1], log_q, rtol=1e-6)  # nested lists are contexts too, as they are data
+
+
+def test_an_int_context_shape_reads_as_a_vector():
+    flow, params = _conditional_flow()
+    by_int = jf.Flow(flow.base, flow.bijector, 3)
+    assert by_int.context_shape == (3,) and by_int == flow
+    x, context = jax.random.normal(jax.random.key(1), (4, 2)), jnp.ones(3)
+    np.testing.assert_allclose(by_int.log_prob(params, x, context), flow.log_prob(params, x, context))
 
 
 @pytest.mark.parametrize("shape", [(-1,), (-2, -3), -1, 2.5, (3.7,), (True,), "3", None])
@@ -153,3 +163,12 @@ def test_validation_mode_maps_shared_and_per_event_contexts_like_vmap(per_event)
     context = jax.random.normal(jax.random.key(2), (4, 3) if per_event else (3,))
     checked = jf.validation.checked(flow.log_prob)(params, x, context)
     np.testing.assert_allclose(checked, flow.log_prob(params, x, context), rtol=1e-4)  # log q reaches -1e7
+
+
+def test_validation_mode_blames_a_non_finite_context_not_a_layer():
+    flow, params = _conditional_flow()
+    x, context = jax.random.normal(jax.random.key(1), (4, 2)), jnp.ones((4, 3)).at[0, 0].set(jnp.nan)
+    with pytest.raises(FloatingPointError, match=r"context of Flow\.log_prob contains NaN or inf"):
+        jf.validation.checked(flow.log_prob)(params, x, context)
+    with pytest.raises(FloatingPointError, match=r"context of Flow\.sample contains NaN or inf"):
+        jf.validation.checked(flow.sample)(params, jax.random.key(0), (), context)

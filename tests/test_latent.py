@@ -33,6 +33,8 @@ def test_contexts_and_keys_follow_the_rules_of_flow_methods():
     np.testing.assert_allclose(shared, per_row, rtol=1e-6)
     with pytest.raises(ValueError, match="context batch shape"):
         latent.encode(conditional, params, x, jnp.zeros((4, 3)))
+    listed = np.broadcast_to(context, (2, 3, 3)).tolist()  # nested lists, as data may be
+    np.testing.assert_allclose(latent.encode(conditional, params, x, listed), per_row, rtol=1e-6)
     noisy = jf.Flow(jf.standard_normal(3), with_noisy_log_det(jb.affine(3)))
     with pytest.raises(ValueError, match=r"stochastically: pass key=\.\.\. to this call"):
         latent.encode(noisy, noisy.init(jax.random.key(0)), x)
@@ -126,3 +128,24 @@ def test_temperature_can_be_traced_under_jit_and_vmap(model):
     np.testing.assert_allclose(jax.jit(sample)(0.5), sample(0.5), rtol=1e-5, atol=1e-5)
     with pytest.raises(ValueError, match="positive, got nan"):
         sample(float("nan"))
+
+
+def test_conditional_attribute_vectors_take_each_groups_contexts():
+    conditional = jf.Flow(jf.standard_normal(2), jb.affine_coupling(2, hidden=(8,), context_dim=1), 1)
+    params = perturbed_params(conditional, jax.random.key(0), 0.5)
+    x_with, x_without = jax.random.normal(jax.random.key(1), (2, 3, 2))
+    context_with, context_without = jnp.ones((3, 1)), -jnp.ones((3, 1))
+    vector = latent.attribute_vector(
+        conditional, params, x_with, x_without, context_with=context_with, context_without=context_without
+    )
+    expected = (
+        latent.encode(conditional, params, x_with, context_with).mean(0)
+        - latent.encode(conditional, params, x_without, context_without).mean(0)
+    )
+    np.testing.assert_allclose(vector, expected, rtol=1e-6)
+    assert not np.allclose(vector, latent.attribute_vector(  # the contexts matter
+        conditional, params, x_with, x_without, context_with=context_with, context_without=context_with))
+    path = latent.interpolate(conditional, params, x_with[0], x_without[0], 4, context=jnp.ones(1))
+    np.testing.assert_allclose(path[-1], x_without[0], atol=1e-5)
+    with pytest.raises(ValueError, match="one context of shape \\(1,\\), shared by the ends and the path"):
+        latent.interpolate(conditional, params, x_with[0], x_without[0], 4, context=jnp.ones((2, 1)))

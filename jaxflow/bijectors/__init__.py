@@ -3,7 +3,16 @@
 from jaxflow.bijectors import root_finding, transformers
 from jaxflow.bijectors.actnorm import actnorm
 from jaxflow.bijectors.autoregressive import inverse_autoregressive, masked_autoregressive
-from jaxflow.bijectors.base import Bijector, chain, freeze, initialize_from_data, invert, stack, transform
+from jaxflow.bijectors.base import (
+    Bijector,
+    chain,
+    freeze,
+    ignore_context,
+    initialize_from_data,
+    invert,
+    stack,
+    transform,
+)
 from jaxflow.bijectors.coupling import (
     additive_coupling,
     affine_coupling,
@@ -44,7 +53,7 @@ __all__ = [
     "Bijector", "actnorm", "additive_coupling", "affine", "affine_coupling", "affine_params", "alternating_mask",
     "chain",
     "channel_mask", "checkerboard_mask", "coupling", "elementwise", "exp", "factor_out", "fixed_linear", "freeze",
-    "glow_step", "half_mask", "image_coupling", "initialize_from_data", "inverse_autoregressive",
+    "glow_step", "half_mask", "ignore_context", "image_coupling", "initialize_from_data", "inverse_autoregressive",
     "inverse_permutations", "invert", "linear", "logistic_mixture_cdf", "logit", "lu_linear",
     "masked_autoregressive", "multiscale", "permutation", "planar", "radial", "random_mask", "random_permutations",
     "rational_quadratic_spline", "residual", "reverse", "root_finding", "scale", "shift", "sigmoid", "softplus",

@@ -32,7 +32,8 @@ def check_context(name: str, context, context_shape: tuple[int, ...] | None):
         if context is not None:
             raise ValueError(
                 f"{name} is unconditional but got a context of shape {jnp.shape(context)}; "
-                "build it with context_dim=... to condition it."
+                "build it with context_dim=... to condition it, or wrap it in jaxflow.ignore_context to keep it "
+                "unconditional inside a conditional flow."
             )
         return None
     if context is None:

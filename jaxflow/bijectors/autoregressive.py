@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxflow.bijectors import transformers
-from jaxflow.bijectors._checks import check_event
+from jaxflow.bijectors._checks import check_context, check_event
 from jaxflow.bijectors.base import Bijector, invert
 from jaxflow.conditioners.made import made
 from jaxflow.conditioners.mlp import Conditioner
@@ -58,6 +58,7 @@ def masked_autoregressive(
     name = name or f"{transformer.name}_masked_autoregressive"
     make = conditioner or functools.partial(made, hidden=hidden)
     net = make(dim, transformer.num_params, order=order, context_dim=context_dim)
+    context_shape = None if context_dim is None else (context_dim,)
 
     def raw_params(theta, dtype):
         if theta.shape != (dim, transformer.num_params):
@@ -68,7 +69,7 @@ def masked_autoregressive(
         return theta.astype(dtype)
 
     def forward(params, x, context=None):
-        x = check_event(name, x, (dim,))
+        x, context = check_event(name, x, (dim,)), check_context(name, context, context_shape)
 
         def solve(theta_of):
             return lambda _, y: transformer.forward(raw_params(theta_of(y, context), y.dtype), x)[0]
@@ -84,7 +85,7 @@ def masked_autoregressive(
         return y, jnp.sum(log_det)
 
     def inverse(params, y, context=None):
-        y = check_event(name, y, (dim,))
+        y, context = check_event(name, y, (dim,)), check_context(name, context, context_shape)
         x, log_det = transformer.inverse(raw_params(net.apply(params, y, context), y.dtype), y)
         return x, jnp.sum(log_det)
 

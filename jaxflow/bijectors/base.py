@@ -194,7 +194,8 @@ def stack(
       unroll: layers per loop iteration, passed to `lax.scan` (True: all of them).
         Unrolling trades compile time, which then grows with depth, for run time
         where a loop body defeats the compiler (e.g. convolution gradients on CPU).
-      name: used in error messages (defaults to `stack(<layer name>)`).
+      name: used in error messages and in the origin a checkpoint records, which a resume
+        must match (defaults to `stack(<layer name>)`).
     """
     if not is_positive_int(num_layers):
         raise ValueError(f"stack needs an integer num_layers >= 1, got {num_layers!r}")
@@ -364,6 +365,29 @@ def _check_constants(constants, num_layers):
             raise ValueError(
                 f"stack: constants need a leading axis of {num_layers} layers, got shape {jnp.shape(leaf)}."
             )
+
+
+def ignore_context(bijector: Bijector) -> Bijector:
+    """`bijector` with whatever context it is given dropped.
+
+    Layers with a network refuse a context unless built with `context_dim` (a forgotten
+    `context_dim` would otherwise ignore it silently); wrap one to use it unconditionally
+    inside a conditional flow.
+    """
+
+    def forward(params, x, context=None, **key):
+        del context
+        return bijector.forward(params, x, None, **key)
+
+    def inverse(params, y, context=None, **key):
+        del context
+        return bijector.inverse(params, y, None, **key)
+
+    data_init = None
+    if bijector.data_init is not None:
+        data_init = lambda params, y, context=None: bijector.data_init(params, y, None)  # noqa: E731
+    name = f"ignore_context({bijector.name})"
+    return bijector._replace(forward=forward, inverse=inverse, name=name, data_init=data_init)
 
 
 def freeze(bijector: Bijector, params) -> Bijector:

@@ -31,6 +31,13 @@ def _finite(name, tree):
             raise AssertionError(f"{name}: non-finite values at {jax.tree_util.keystr(path)}")
 
 
+def _same_dtype(label, dtype, outputs):
+    changed = {name: jnp.result_type(value) for name, value in outputs.items() if jnp.result_type(value) != dtype}
+    if changed:
+        listed = ", ".join(f"{name} {value_dtype}" for name, value_dtype in changed.items())
+        raise AssertionError(f"{label}: outputs must keep the event's dtype {dtype}, got {listed}")
+
+
 def _jacobian_log_det(fn, x):
     jacobian = jax.jacfwd(lambda flat: fn(flat.reshape(x.shape)).reshape(-1))(x.reshape(-1))
     return jnp.linalg.slogdet(jacobian)[1]
@@ -142,14 +149,15 @@ def check_bijector(
 ) -> None:
     """Raises AssertionError unless `bijector` meets the jaxflow contract at `x`.
 
-    Checks: forward output and log-det are finite, of the input's dtype, the log-det a
-    scalar; the round trips `inverse(forward(x)) = x` and `forward(inverse(y)) = y`;
-    forward and inverse log-dets cancel; both log-dets match `slogdet(jacfwd(...))`
-    (skip with `check_jacobian=False` for large events); jit equals eager, and in float64
-    the eager inverse round-trips as the jitted one does; vmap over a batch equals one
-    call per row; gradients with respect to params and inputs are finite, and, in float64
-    for a deterministic bijector, match central differences along a random direction (a
-    wrong custom derivative passes every other check).
+    Checks: forward output and log-det are finite, the log-det a scalar; both directions'
+    outputs and log-dets (also under vmap) keep the input's dtype; the round trips
+    `inverse(forward(x)) = x` and `forward(inverse(y)) = y`; forward and inverse log-dets
+    cancel; both log-dets match `slogdet(jacfwd(...))` (skip with `check_jacobian=False` for
+    large events); jit equals eager, and in float64 the eager inverse round-trips as the
+    jitted one does; vmap over a batch equals one call per row; gradients with respect to
+    params and inputs are finite, and, in float64 for a deterministic bijector, match
+    central differences along a random direction (a wrong custom derivative passes every
+    other check).
 
     Args:
       bijector: the bijector under test.
@@ -181,13 +189,16 @@ def _check(bijector, params, x, context, key, tol, log_det_tol, check_jacobian):
     _finite(f"{label} forward", (y, log_det))
     if jnp.shape(log_det) != ():
         raise AssertionError(f"{label}: log_det must be a scalar, got shape {jnp.shape(log_det)}")
-    if y.dtype != x.dtype or jnp.result_type(log_det) != x.dtype:
-        raise AssertionError(f"{label}: dtypes changed: x {x.dtype} -> y {y.dtype}, log_det {jnp.result_type(log_det)}")
+    _same_dtype(label, x.dtype, {"forward y": y, "forward log_det": log_det})
 
     batch = jnp.stack([x, 0.5 * x, jnp.roll(x.reshape(-1), 1).reshape(x.shape)])
     # Central differences need float64; a stochastic log-det's gradient is unbiased, not its derivative.
     check_slopes = x.dtype == jnp.float64 and not bijector.stochastic
     values = _contract_values(bijector, params, x, batch, context, key, check_jacobian, check_slopes)
+    _same_dtype(label, x.dtype, {
+        "inverse x": values["x_back"], "inverse log_det": values["inverse_log_det"],
+        "vmap forward y": values["batch"][0], "vmap forward log_det": values["batch"][1],
+    })
     _close(f"{label} jit forward == eager", values["y"], y, tol)
     _close(f"{label} jit forward log_det == eager", values["log_det"], log_det, tol)
 

@@ -136,12 +136,16 @@ def fit_generalized_pareto(x, *, num_fitted=None) -> tuple[jax.Array, jax.Array]
     def mean(values):
         return jnp.sum(jnp.where(fitted, values, 0.0)) / count
 
-    num_grid = 30 + math.isqrt(n)
+    # Zhang & Stephens' grid has 30 + isqrt(count) points; `count` may be traced, so the grid
+    # has room for all n and the points beyond the fitted count's grid get no weight.
+    max_grid = 30 + math.isqrt(n)
+    num_grid = 30 + jnp.floor(jnp.sqrt(count)).astype(x.dtype)
     quartile_rank = jnp.floor(count / 4 + 0.5).astype(int) - 1  # -1 for a single draw: that draw, as in PSIS
     first_quartile = x[n - count + jnp.where(quartile_rank < 0, count - 1, quartile_rank)]
-    j = jnp.arange(1, num_grid + 1, dtype=x.dtype)
-    thetas = 1 / x[-1] + (1 - jnp.sqrt(num_grid / (j - 0.5))) / (3 * first_quartile)
+    j = jnp.arange(1, max_grid + 1, dtype=x.dtype)
+    thetas = 1 / x[-1] + (1 - jnp.sqrt(num_grid / jnp.minimum(j - 0.5, num_grid))) / (3 * first_quartile)
     log_likelihood = jax.vmap(lambda theta: _profile_log_likelihood(theta, x, mean, count))(thetas)
+    log_likelihood = jnp.where(j <= num_grid, log_likelihood, -jnp.inf)
     weights = jax.nn.softmax(log_likelihood)
     theta = jnp.sum(weights * thetas)
     k = mean(jnp.log1p(-theta * x))

@@ -52,6 +52,16 @@ register("actnorm_image")(bijector_case(lambda: jb.actnorm(IMAGE), shape=IMAGE))
 register("affine_coupling_conditional")(
     bijector_case(lambda: jb.affine_coupling(DIM, hidden=(8,), context_dim=2), context_dim=2)
 )
+# A conditional chain with an unconditional coupling in it: the context reaches the first layer only.
+register("chain_conditional_with_ignore_context")(
+    bijector_case(
+        lambda: jb.chain(
+            jb.affine_coupling(DIM, hidden=(8,), context_dim=2), jb.reverse(),
+            jb.ignore_context(jb.affine_coupling(DIM, hidden=(8,))),
+        ),
+        context_dim=2,
+    )
+)
 
 
 @register("freeze")
