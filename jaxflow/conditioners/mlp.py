@@ -45,12 +45,6 @@ class Conditioner(NamedTuple):
         return self.bind(params, positions)
 
 
-# Hidden kernels drawn from U(-1/sqrt(fan_in), 1/sqrt(fan_in)), as PyTorch's and equinox's linear layers
-# draw them: a third of LeCun's variance. Fitting digits (benchmarks/digits.py, 3 seeds), it gained
-# 1.3 nats per image for RealNVP and 1.7 for the coupling NSF over flax's LeCun normal.
-HIDDEN_KERNEL_INIT = nn.initializers.variance_scaling(1 / 3, "fan_in", "uniform")
-
-
 class MLP(nn.Module):
     """Dense layers with `activation` between them; the output layer is zero-initialised.
 
@@ -66,7 +60,7 @@ class MLP(nn.Module):
     @nn.compact
     def __call__(self, h):
         for width in self.hidden:
-            h = self.activation(self.dense(width, kernel_init=HIDDEN_KERNEL_INIT)(h))
+            h = self.activation(self.dense(width)(h))
         return self.dense(self.out_dim, kernel_init=nn.initializers.zeros)(h)
 
 

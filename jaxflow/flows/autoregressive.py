@@ -41,7 +41,7 @@ def iaf(
     References: Kingma et al. (2016), https://arxiv.org/abs/1606.04934
     """
     return _autoregressive_flow(
-        inverse_autoregressive, dim, transformers.exp_affine(), layers, hidden, context_dim, permute, seed, unroll
+        inverse_autoregressive, dim, transformers.affine(), layers, hidden, context_dim, permute, seed, unroll
     )
 
 
