@@ -21,7 +21,10 @@ def maf(
     dim: int, *, layers: int = 5, hidden: Sequence[int] = (128, 128), context_dim: int | None = None,
     permute: str = "random", seed: int = 0, unroll: int | bool = 1,
 ) -> Flow:
-    """Masked autoregressive flow (affine): one-pass density, `dim`-pass sampling.
+    """Masked autoregressive flow: one-pass density, `dim`-pass sampling.
+
+    Each layer's density step is `transformers.exp_affine`, x = y exp(-s) + shift with a bounded
+    log-scale s (see there for why it, not `affine`, and what it measured).
 
     References: Papamakarios et al. (2017), https://arxiv.org/abs/1705.07057
     """
