@@ -22,6 +22,7 @@ register("maf_affine_conditional")(
 register("maf_affine_custom_order")(
     bijector_case(lambda: masked_autoregressive(DIM, transformers.affine(), hidden=HIDDEN, order=[2, 0, 3, 1]))
 )
+register("maf_exp_affine")(bijector_case(lambda: masked_autoregressive(DIM, transformers.exp_affine(), hidden=HIDDEN)))
 register("maf_additive")(bijector_case(lambda: masked_autoregressive(DIM, transformers.additive(), hidden=HIDDEN)))
 register("iaf_affine")(bijector_case(lambda: inverse_autoregressive(DIM, transformers.affine(), hidden=HIDDEN)))
 register("rq_spline_autoregressive")(
