@@ -60,13 +60,14 @@ def interpolate(
     """Points on the path between two data points, taken in latent space.
 
     Args:
-      x_start, x_end: two events of the flow's event shape.
+      x_start, x_end: two events of the flow's event shape, or two batches of them of one shape
+        (*batch, *event), joined row by row.
       num_points: points on the path, ends included.
       spherical: slerp instead of a straight line (keeps Gaussian latents on the typical shell).
       context: for a conditional flow, one context shared by both ends and the path.
 
     Returns:
-      (num_points, *event) decoded points, `x_start` first and `x_end` last.
+      (num_points, *batch, *event) decoded points, `x_start` first and `x_end` last.
     """
     if not is_positive_int(num_points) or num_points < 2:
         raise ValueError(f"interpolate: num_points counts both ends and must be an int >= 2, got {num_points!r}.")
@@ -75,10 +76,16 @@ def interpolate(
             f"interpolate: pass one context of shape {flow.context_shape}, shared by the ends and the path; "
             f"got a batch of contexts, shape {jnp.shape(context)}."
         )
-    z = encode(flow, params, jnp.stack([x_start, x_end]), context, key=key)
+    if jnp.shape(x_start) != jnp.shape(x_end):
+        raise ValueError(
+            f"interpolate: x_start and x_end must have one shape, got {jnp.shape(x_start)} and {jnp.shape(x_end)}."
+        )
+    z = encode(flow, params, jnp.stack([x_start, x_end]), context, key=key)  # (2, *batch, *event)
     t = jnp.linspace(0.0, 1.0, num_points)
     if spherical:
-        path = jax.vmap(lambda s: _slerp(z[0], z[1], s))(t)
+        rows = z.reshape(2, -1, *flow.event_shape)
+        slerp_rows = jax.vmap(_slerp, in_axes=(0, 0, None))
+        path = jax.vmap(slerp_rows, in_axes=(None, None, 0))(rows[0], rows[1], t).reshape(num_points, *z.shape[1:])
     else:
         path = z[0] + t.reshape(-1, *([1] * (z.ndim - 1))) * (z[1] - z[0])
     return decode(flow, params, path, context, key=key)

@@ -54,6 +54,19 @@ def test_interpolation_starts_and_ends_at_the_endpoints(model, spherical):
         np.testing.assert_allclose(steps, steps[0], rtol=1e-4)  # evenly spaced in latent space
 
 
+@pytest.mark.parametrize("spherical", [False, True])
+def test_batched_ends_interpolate_row_by_row(model, spherical):
+    flow, params = model
+    starts, ends = jax.random.normal(jax.random.key(2), (2, 2, 4, 3))  # batch shape (2, 4)
+    paths = latent.interpolate(flow, params, starts, ends, 5, spherical=spherical)
+    assert paths.shape == (5, 2, 4, 3)
+    for i, j in np.ndindex(2, 4):
+        one = latent.interpolate(flow, params, starts[i, j], ends[i, j], 5, spherical=spherical)
+        np.testing.assert_allclose(paths[:, i, j], one, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match=r"x_start and x_end must have one shape, got \(2, 4, 3\) and \(4, 3\)"):
+        latent.interpolate(flow, params, starts, ends[0], 5)
+
+
 # Exact algebra, checked in float64: the perturbed flow maps a few of these points far out
 # (|x| ~ 45), where a float32 round trip loses up to 0.2 in latent space.
 @pytest.mark.float64
