@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import functools
 import time
+import warnings
 from collections.abc import Callable, Sequence
 
 import jax
@@ -89,8 +90,8 @@ def run(
       num_steps: steps to have taken in all (fewer if a callback stops training).
       chunk_size: steps per host round trip.
       progress: show a tqdm bar with the loss and steps/s, updated per chunk.
-      on_nonfinite: "skip" counts skipped steps in the history; "raise" raises
-        FloatingPointError naming the first skipped step, after its chunk.
+      on_nonfinite: "skip" counts skipped steps in the history (a RuntimeWarning if every
+        step was); "raise" raises FloatingPointError naming the first skipped step, after its chunk.
       callbacks: called after every chunk as described in the module docstring
         (None entries are ignored).
       description: label of the progress bar.
@@ -132,6 +133,13 @@ def run(
                 save(state, so_far)
     history = {name: values[:done] for name, values in history.items()}
     history["num_skipped"] = np.asarray(history["skipped"].sum())
+    if done and history["num_skipped"] == done:
+        warnings.warn(
+            f"{description}: every one of the {done} steps was skipped (loss or gradient not finite), so the "
+            "params are the initial ones; pass on_nonfinite='raise' to stop at the first such step.",
+            RuntimeWarning,
+            stacklevel=3,
+        )
     return state, history
 
 
