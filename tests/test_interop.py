@@ -192,12 +192,15 @@ def test_stochastic_bijectors_get_one_key_per_event():
     _close(y, x)
     assert log_det.shape == (2, 3) and len(np.unique(np.asarray(log_det))) == 6  # independent draws
     _close(_forward_and_log_det(wrapped, x)[1], log_det)  # and reproducible from the key
-    with pytest.raises(ValueError, match="needs a PRNG key"):
+    with pytest.raises(ValueError, match=r"stochastically: pass key=\.\.\. to to_distrax_bijector"):
         to_distrax_bijector(bijector, (), event_shape=(DIM,)).forward(x)
 
     flow = jf.Flow(jf.standard_normal(DIM), bijector)
     params = flow.init(key)
     _close(to_distrax_distribution(flow, params, key=key).log_prob(x), flow.log_prob(params, x, key=key))
+    with pytest.raises(ValueError, match=r"stochastically: pass key=\.\.\. to to_distrax_distribution"):
+        to_distrax_distribution(flow, params).log_prob(x)
+    assert to_distrax_distribution(flow, params).sample(seed=key, sample_shape=2).shape == (2, DIM)  # needs no key
 
 
 # jaxflow -> distrax distributions

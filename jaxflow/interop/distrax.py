@@ -23,6 +23,15 @@ from jaxflow.bijectors.base import Bijector, transform
 from jaxflow.distributions import Distribution, Flow
 
 
+def _check_key(bijector: Bijector, key, wrapper: str) -> None:
+    """A stochastic bijector's log-dets need the wrapper's key: distrax's methods take none."""
+    if bijector.stochastic and key is None:
+        raise ValueError(
+            f"{bijector.name} estimates log-dets stochastically: pass key=... to {wrapper} "
+            "(distrax's methods take no key)."
+        )
+
+
 class _BijectorAsDistrax(distrax.Bijector):
     """A jaxflow bijector with fixed params, seen as a distrax bijector over batched events."""
 
@@ -46,6 +55,7 @@ class _BijectorAsDistrax(distrax.Bijector):
 
     def _apply(self, direction, x):
         x = check_event(self.name, x, None)
+        _check_key(self._bijector, self._key, "to_distrax_bijector")
         batch_shape = batch_shape_of(self.name, x.shape, self._event_shape)
         count = int(np.prod(batch_shape))
         keys = None if self._key is None else jax.random.split(self._key, count)
@@ -95,6 +105,7 @@ class _FlowAsDistrax(distrax.Distribution):
         return self._flow.event_shape
 
     def log_prob(self, value):
+        _check_key(self._flow.bijector, self._key, "to_distrax_distribution")
         return self._flow.log_prob(self._params, value, self._context, key=self._key)
 
     def _sample_n(self, key, n):
