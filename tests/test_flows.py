@@ -102,6 +102,23 @@ def test_coupling_flows_refuse_to_stack_without_reordering(name):
     flows.maf(4, layers=2, hidden=(8,), permute="none")  # autoregressive layers change every entry
 
 
+def hidden_kernels(flow, width):
+    """The first hidden layer's kernels, (layers * fan_in * width,), of a coupling flow's stacked MLPs."""
+    layer = flow.init(jax.random.key(0))["bijector"][0]["params"]["Dense_0"]
+    assert layer["kernel"].shape[-1] == width, "precondition: kernels stored (in, out)"
+    return np.asarray(layer["kernel"]).ravel(), layer["kernel"].shape[-2]
+
+
+def test_spline_couplings_draw_hidden_kernels_uniformly_and_the_others_lecun_normal():
+    spline, fan_in = hidden_kernels(flows.nsf_coupling(64, layers=4, hidden=(256, 256)), 256)
+    affine, _ = hidden_kernels(flows.realnvp(64, layers=4, hidden=(256, 256)), 256)
+    limit = 1 / np.sqrt(fan_in)
+    assert np.abs(spline).max() <= limit and np.abs(spline).max() > 0.99 * limit
+    np.testing.assert_allclose(spline.std(), limit / np.sqrt(3), rtol=0.02)
+    np.testing.assert_allclose(affine.std(), 1 / np.sqrt(fan_in), rtol=0.05)  # truncated normal's std
+    assert np.abs(affine).max() > 1.5 * limit
+
+
 def test_bad_configuration_is_refused():
     with pytest.raises(ValueError, match="permute"):
         flows.realnvp(4, permute="sideways")

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import functools
+from collections.abc import Callable, Sequence
 
+import flax.linen as nn
+
+from jaxflow import conditioners
 from jaxflow.bijectors import transformers
 from jaxflow.bijectors.base import chain
 from jaxflow.bijectors.coupling import coupling, half_mask
@@ -13,10 +17,21 @@ from jaxflow.distributions import Flow
 from jaxflow.flows._layers import permuted_stack, vector_flow
 
 
-def _coupling_flow(dim, transformer, layers, hidden, context_dim, permute, seed, unroll) -> Flow:
+# U(+-1/sqrt(fan_in)), PyTorch's and equinox's draw, a third of LeCun's variance. Measured with
+# 3 seeds each: spline couplings fit digits 1.5 nats per image better with it (benchmarks.digits)
+# and two moons alike; on two moons Flow++'s couplings fit 0.17 nats worse with it, RealNVP's no
+# better (README, Benchmarks).
+_SPLINE_HIDDEN_INIT = nn.initializers.variance_scaling(1 / 3, "fan_in", "uniform")
+
+
+def _coupling_flow(
+    dim, transformer, layers, hidden, context_dim, permute, seed, unroll,
+    kernel_init: Callable = nn.initializers.lecun_normal(),
+) -> Flow:
     if dim < 2:
         raise ValueError(f"coupling flows need dim >= 2, got {dim}; use an autoregressive or element-wise flow.")
-    make_layer = lambda: coupling(dim, transformer, hidden=hidden, context_dim=context_dim)  # noqa: E731
+    network = functools.partial(conditioners.mlp, hidden=hidden, kernel_init=kernel_init)
+    make_layer = lambda: coupling(dim, transformer, context_dim=context_dim, conditioner=network)  # noqa: E731
     stacked = permuted_stack(
         make_layer, dim, layers, permute=permute, seed=seed, unroll=unroll, transformed=~half_mask(dim)
     )
@@ -52,7 +67,12 @@ def nsf_coupling(
 ) -> Flow:
     """Neural spline flow with rational-quadratic spline couplings (identity tails outside +-bound).
 
+    The conditioners' hidden kernels are drawn U(+-1/sqrt(fan_in)) rather than LeCun normal (the
+    other builders' draw): 1.5 nats per image better on digits at the same budget.
+
     References: Durkan et al. (2019), https://arxiv.org/abs/1906.04032
     """
     spline = rational_quadratic_spline(num_bins=bins, bound=bound)
-    return _coupling_flow(dim, spline, layers, hidden, context_dim, permute, seed, unroll)
+    return _coupling_flow(
+        dim, spline, layers, hidden, context_dim, permute, seed, unroll, kernel_init=_SPLINE_HIDDEN_INIT
+    )
