@@ -177,14 +177,17 @@ def test_forward_kl_refuses_a_checkpoint_of_another_model_or_key(tmp_path):
     run(tmp_path / "checkpoints", lambda state, history: True)  # stops (and saves) after the first chunk
     flow = jf.Flow(jf.standard_normal(2), jf.stack(jf.bijectors.affine(2), 2))
     data = np.ones((100, 2), np.float32)
-    with pytest.raises(ValueError, match=r"written by forward_kl.fit of affine on a standard_normal base; this run "
-                                         r"is forward_kl.fit of stack\(affine\)"):
+    with pytest.raises(ValueError, match=r"written by forward_kl.fit of affine on a standard_normal base, data .*; "
+                                         r"this run is forward_kl.fit of stack\(affine\)"):
         forward_kl.fit(jax.random.key(1), flow, flow.init(jax.random.key(0)), data, progress=False,
                                 checkpoint_dir=tmp_path / "checkpoints")
     flow = jf.Flow(jf.standard_normal(2), jf.bijectors.affine(2))
+    rng = np.random.default_rng(0)  # the script's data and validation set
+    data = (rng.normal(size=(400, 2)) * 0.5 + 1.0).astype(np.float32)
+    validation = rng.normal(size=(200, 2)).astype(np.float32)
     with pytest.raises(ValueError, match="another key"):
-        forward_kl.fit(jax.random.key(2), flow, flow.init(jax.random.key(0)), data, progress=False,
-                                checkpoint_dir=tmp_path / "checkpoints")
+        forward_kl.fit(jax.random.key(2), flow, flow.init(jax.random.key(0)), data, validation_data=validation,
+                       progress=False, checkpoint_dir=tmp_path / "checkpoints")
 
 
 def reverse_kl_fit(**options):
@@ -251,6 +254,22 @@ def test_a_checkpoint_of_another_flow_with_the_same_params_or_of_another_fit_is_
     with pytest.raises(ValueError, match=r"written by forward_kl.fit .* this run is reverse_kl.fit"):
         reverse_kl.fit(jax.random.key(1), maf, maf.init(jax.random.key(0)), lambda x: -0.5 * jnp.sum(x**2),
                        **options | dict(num_steps=20))
+
+
+def test_a_checkpoint_of_a_fit_to_other_data_is_refused(tmp_path):
+    flow = jf.Flow(jf.standard_normal(2), jf.bijectors.affine(2))
+    data = np.random.default_rng(0).normal(size=(64, 2)).astype(np.float32)
+    options = dict(num_steps=10, chunk_size=10, progress=False, checkpoint_dir=tmp_path, validation_fraction=0.0)
+    forward_kl.fit(jax.random.key(1), flow, flow.init(jax.random.key(0)), data, **options)
+    more = options | dict(num_steps=20)
+    edited = data.copy()
+    edited[17, 1] += 1.0
+    for other in (edited, data[:63], data.astype(np.float64)):
+        with pytest.raises(ValueError, match=r"written by forward_kl.fit .*, data float32\[64, 2\] blake2b .*"
+                                             r"this run is forward_kl.fit .*, data "):
+            forward_kl.fit(jax.random.key(1), flow, flow.init(jax.random.key(0)), other, **more)
+    _, history = forward_kl.fit(jax.random.key(1), flow, flow.init(jax.random.key(0)), data.copy(), **more)
+    assert len(history["loss"]) == 20
 
 
 def test_numpy_float64_params_resume(tmp_path):

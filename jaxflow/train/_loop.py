@@ -28,6 +28,7 @@ would have taken.
 from __future__ import annotations
 
 import functools
+import hashlib
 import time
 import warnings
 from collections.abc import Callable, Sequence
@@ -180,6 +181,17 @@ def _history_from(previous: dict | None, num_steps: int) -> tuple[int, dict]:
 def origin_of(fit: str, flow) -> str:
     """What a fit's checkpoints record of the run: the fit, and the flow's layers (by name) and base."""
     return f"{fit} of {flow.bijector.name} on a {flow.base.name} base"
+
+
+def data_record(*arrays) -> str:
+    """dtype[shape] of each array given (None skipped) and a hash of their bytes, for an origin."""
+    digest, described = hashlib.blake2b(digest_size=8), []
+    for array in arrays:
+        if array is not None:
+            array = np.ascontiguousarray(array)
+            digest.update(array.data)
+            described.append(f"{array.dtype}{list(array.shape)}")
+    return f"{' '.join(described)} blake2b {digest.hexdigest()}"
 
 
 def resume(directory, key, state: TrainState, extra=None, *, origin: str):

@@ -97,8 +97,9 @@ def fit(
       on_nonfinite: "skip" steps whose loss or gradient is not finite, or "raise".
       callback: `(state, history) -> bool | None` called after every chunk; True stops.
       checkpoint_dir: a directory for checkpoints (`jaxflow.checkpoint`). If it
-        holds one of a run of this model started with this key, training
-        resumes from the newest, history and validation record included.
+        holds one of a run of this model on this data (shapes, dtypes and a hash
+        of the bytes) started with this key, training resumes from the newest,
+        history and validation record included.
       checkpoint_every: steps between checkpoints, rounded up to whole chunks;
         one is also written when training stops.
       mesh: a `jax.sharding.Mesh` with a "data" axis: each batch is split over
@@ -112,7 +113,7 @@ def fit(
 
     Raises:
       ValueError: for data with NaN/inf rows, the wrong shape, or a context not
-        matching the data, or a checkpoint of another model or key; TypeError
+        matching the data, or a checkpoint of another model, data or key; TypeError
         for non-float data without `dequantize`.
     """
     # The first four equal split(key, 4)'s: checkpoints of runs made before the fifth key resume unchanged.
@@ -157,6 +158,8 @@ def fit(
     tracker = None if valid is None else _BestOnValidation(flow, valid, patience, batch_size, validation_key)
     state, history = init_state(params, optimizer), None
     origin = _loop.origin_of("forward_kl.fit", flow)
+    if checkpoint_dir is not None:  # a resumed run must see the same data
+        origin += f", data {_loop.data_record(data, context, validation_data, validation_context)}"
     snapshot = _loop.resume(checkpoint_dir, key, state, extra=None if tracker is None else state.params, origin=origin)
     if snapshot is not None:
         state, history = snapshot.state, snapshot.history
