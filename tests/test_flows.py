@@ -58,6 +58,27 @@ def test_unrolled_builder_computes_the_same_flow(name):
     np.testing.assert_allclose(unrolled.log_prob(params, x), looped.log_prob(params, x), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("build", [
+    lambda **unroll: flows.residual_flow(3, layers=3, hidden=(8,), **unroll),
+    lambda **unroll: flows.planar_flow(3, layers=3, activation="leaky_relu", **unroll),
+    lambda **unroll: flows.radial_flow(3, layers=3, **unroll),
+    lambda **unroll: flows.sylvester_flow(3, layers=3, variant="triangular", **unroll),
+], ids=["residual", "planar", "radial", "sylvester"])
+def test_unrolled_free_form_and_residual_builders_compute_the_same_flow(build):
+    looped, unrolled = build(), build(unroll=True)
+    params = jax.tree.map(lambda p: p + 0.1, looped.init(jax.random.key(0)))
+    z = jax.random.normal(jax.random.key(1), (5, 3))
+    np.testing.assert_allclose(unrolled.bijector.forward(params["bijector"], z[0])[0],
+                               looped.bijector.forward(params["bijector"], z[0])[0], rtol=1e-5, atol=1e-5)
+    x = looped.sample(params, jax.random.key(2), (5,))
+    np.testing.assert_allclose(unrolled.log_prob(params, x), looped.log_prob(params, x), rtol=1e-4, atol=1e-4)
+    def scan_unrolls(flow):
+        eqns = jax.make_jaxpr(flow.log_prob)(params, x).jaxpr.eqns
+        return [eqn.params["unroll"] for eqn in eqns if eqn.primitive.name == "scan"]
+
+    assert scan_unrolls(looped) == [1] and scan_unrolls(unrolled) in ([3], [True])
+
+
 COUPLING_BUILDERS = ["flowpp", "nice", "nsf_coupling", "realnvp"]
 
 

@@ -24,7 +24,8 @@ from jaxflow.flows._layers import vector_flow
 
 
 def planar_flow(
-    dim: int, *, layers: int = 16, activation: str = "tanh", negative_slope: float | None = None
+    dim: int, *, layers: int = 16, activation: str = "tanh", negative_slope: float | None = None,
+    unroll: int | bool = 1,
 ) -> Flow:
     """`layers` planar layers y = x + u_hat h(w . x + b), in one `lax.scan`.
 
@@ -35,21 +36,24 @@ def planar_flow(
         (density in closed form).
       negative_slope: the leaky ReLU's slope for negative inputs, in [0, 1] (default 0.01);
         refused with tanh.
+      unroll: layers per loop iteration (`jaxflow.stack`; True: all).
 
     References: Rezende & Mohamed (2015), https://arxiv.org/abs/1505.05770
     """
     dim = check_dim("planar_flow", dim)
     layer = planar(dim, activation=activation, negative_slope=negative_slope)
-    return vector_flow(stack(layer, layers, name=f"planar_flow({activation})"), dim, None)
+    return vector_flow(stack(layer, layers, name=f"planar_flow({activation})", unroll=unroll), dim, None)
 
 
-def radial_flow(dim: int, *, layers: int = 16) -> Flow:
+def radial_flow(dim: int, *, layers: int = 16, unroll: int | bool = 1) -> Flow:
     """`layers` radial layers y = x + beta (x - x0) / (alpha + |x - x0|), in one `lax.scan`.
+
+    `unroll`: layers per loop iteration (`jaxflow.stack`; True: all).
 
     References: Rezende & Mohamed (2015), https://arxiv.org/abs/1505.05770
     """
     dim = check_dim("radial_flow", dim)
-    return vector_flow(stack(radial(dim), layers, name="radial_flow"), dim, None)
+    return vector_flow(stack(radial(dim), layers, name="radial_flow", unroll=unroll), dim, None)
 
 
 def sylvester_flow(
@@ -59,6 +63,7 @@ def sylvester_flow(
     variant: str = "orthogonal",
     num_vectors: int | None = None,
     num_householder: int | None = None,
+    unroll: int | bool = 1,
 ) -> Flow:
     """`layers` Sylvester layers z' = z + Q R tanh(R~ Q^T z + b), in one `lax.scan`.
 
@@ -74,6 +79,7 @@ def sylvester_flow(
         (Q from learnt reflections) or "triangular" (Q a permutation, M = dim).
       num_vectors: M, hidden units per layer, 1 <= M <= dim (default dim).
       num_householder: reflections per layer for "householder" (default dim).
+      unroll: layers per loop iteration (`jaxflow.stack`; True: all).
 
     References: van den Berg et al. (2018), https://arxiv.org/abs/1803.05649
     """
@@ -84,4 +90,4 @@ def sylvester_flow(
         layer = chain(layer, reverse(), name="sylvester_triangular_reversed")
     else:
         layer = sylvester(dim, **options)
-    return vector_flow(stack(layer, layers, name=f"sylvester_flow({variant})"), dim, None)
+    return vector_flow(stack(layer, layers, name=f"sylvester_flow({variant})", unroll=unroll), dim, None)

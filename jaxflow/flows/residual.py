@@ -32,6 +32,7 @@ def residual_flow(
     roulette_stop_probability: float = 0.5,
     actnorm: bool = True,
     context_dim: int | None = None,
+    unroll: int | bool = 1,
 ) -> Flow:
     """`layers` contractive residual blocks, each after an ActNorm (data -> base), in one `lax.scan`.
 
@@ -58,6 +59,7 @@ def residual_flow(
         at the bound that needs a stop probability below 0.19 (over 4 extra terms).
       actnorm: put an ActNorm before every block (data -> base), as both papers do.
       context_dim: size of the context for a conditional flow (fed to every g).
+      unroll: layers per loop iteration (`jaxflow.stack`; True: all).
 
     References: Behrmann et al. (2019), https://arxiv.org/abs/1811.00995;
     Chen et al. (2019), https://arxiv.org/abs/1906.02735
@@ -68,4 +70,4 @@ def residual_flow(
         roulette_stop_probability=roulette_stop_probability, context_dim=context_dim,
     )
     layer = chain(block, actnorm_layer(dim), name=f"actnorm_{block.name}") if actnorm else block
-    return vector_flow(stack(layer, layers, name=f"residual_flow({log_det})"), dim, context_dim)
+    return vector_flow(stack(layer, layers, name=f"residual_flow({log_det})", unroll=unroll), dim, context_dim)
