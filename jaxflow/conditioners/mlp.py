@@ -45,6 +45,9 @@ class Conditioner(NamedTuple):
         return self.bind(params, positions)
 
 
+HIDDEN_INIT = nn.initializers.lecun_normal()  # flax's default for a dense kernel
+
+
 class MLP(nn.Module):
     """Dense layers with `activation` between them; the output layer is zero-initialised.
 
@@ -57,7 +60,7 @@ class MLP(nn.Module):
     out_dim: int
     activation: Callable = nn.relu
     dense: Callable = Dense
-    kernel_init: Callable = nn.initializers.lecun_normal()
+    kernel_init: Callable = HIDDEN_INIT
 
     @nn.compact
     def __call__(self, h):
@@ -97,7 +100,7 @@ def from_linen(module: nn.Module, in_shape, *, context_dim: int | None = None) -
 
 def mlp(
     in_dim: int, out_dim: int, *, hidden: Sequence[int] = (128, 128), activation: Callable = nn.relu,
-    context_dim: int | None = None, kernel_init: Callable = nn.initializers.lecun_normal(),
+    context_dim: int | None = None, kernel_init: Callable = HIDDEN_INIT,
 ) -> Conditioner:
     """A multilayer perceptron conditioner from `in_dim` (+ `context_dim`) to `out_dim`.
 
