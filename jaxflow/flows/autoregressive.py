@@ -42,7 +42,7 @@ def iaf(
     The flow for variational inference and for distillation students. It reverses the order
     between layers, as the paper does, where the other autoregressive builders permute at random:
     a posterior written in its model's order (global variables first) keeps them first in every
-    other layer, which fitted Neal's funnel far better (README, Variational inference).
+    other layer, which fitted Neal's funnel far better (README, the posteriors table).
 
     References: Kingma et al. (2016), https://arxiv.org/abs/1606.04934
     """
