@@ -89,6 +89,7 @@ def _fit(args, extra) -> None:
         )
     config = _fit_config(args, flow, table, train_rows)
     model = build_model(config)  # before staging: a flow that does not fit the columns leaves nothing behind
+    _warn_of_whole_numbers(table.values, _column_labels(config))
     out = Path(args.out)
     staged = runs.stage(out, config)
     if staged is None:
@@ -202,6 +203,18 @@ def _read_like_run(path, config: dict) -> np.ndarray:
 
 def _column_labels(config: dict) -> list[str]:
     return config["columns"]["names"] or [f"column {i}" for i in config["columns"]["indices"]]
+
+
+def _warn_of_whole_numbers(values: np.ndarray, labels: list[str]) -> None:
+    """Warns (stderr) of columns holding only whole numbers: a density fitted to them piles onto the integers."""
+    whole = [label for label, column in zip(labels, values.T) if np.array_equal(column, np.round(column))]
+    if whole:
+        print(
+            f"jaxflow: warning: only whole numbers in {', '.join(whole)}; a continuous density fitted to them "
+            "piles up on the integers and its log-density grows without bound: add uniform noise in [0, 1) "
+            "to such columns first (dequantise) unless they are measurements that happen to be whole",
+            file=sys.stderr,
+        )
 
 
 def _draw(config, model, params, count: int, seed: int) -> np.ndarray:

@@ -237,6 +237,20 @@ def test_flows_without_permutations_fit_and_far_rows_score_minus_infinity(resume
     assert log_prob[0] == -np.inf and np.isfinite(log_prob[1])  # was NaN: 2e45 sds overflowed float32
 
 
+def test_whole_number_columns_are_warned_of(tmp_path, capsys):
+    from jaxflow.cli import main
+
+    rows = write_csv(tmp_path / "rows.csv", "count,x", [f"{i % 7},{np.sin(i)}" for i in range(64)])
+    args = ["fit", rows, "--flow", "planar_flow", "--layers", 1, "--steps", 2, "--out", tmp_path / "run",
+            "--no-progress"]
+    assert main(list(map(str, args))) == 0
+    assert "warning: only whole numbers in count;" in capsys.readouterr().err
+    continuous = write_csv(tmp_path / "continuous.csv", "a,x", [f"{i / 7},{np.sin(i)}" for i in range(64)])
+    args[1], args[-2] = continuous, tmp_path / "continuous_run"
+    assert main(list(map(str, args))) == 0
+    assert "whole numbers" not in capsys.readouterr().err
+
+
 def test_standardisation_holds_columns_of_any_magnitude_and_leftovers_of_any_name(tmp_path):
     from jaxflow import _cli_run as runs
 
