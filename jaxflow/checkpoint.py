@@ -27,7 +27,8 @@ restore (and the restored arrays again after it), and any difference in tree
 structure, shape or dtype raises a ValueError naming the leaf. orbax alone
 would silently truncate or pad an array into a template of another shape.
 Two models can share every leaf (MAF and IAF layers of one size), so the fits
-also record and compare an origin, e.g. "forward_kl.fit of stack(chain(...))".
+also record and compare an origin, e.g. "forward_kl.fit of stack(chain(...))",
+followed by ", data <record>" where the fit records the data it fits.
 """
 
 from __future__ import annotations
@@ -106,6 +107,22 @@ def latest(directory) -> int | None:
         return manager.latest_step()
 
 
+_DATA = ", data "
+
+
+def _origin_refusal(saved: str | None, expected: str | None) -> str | None:
+    """Why a checkpoint recording origin `saved` cannot resume a run of origin `expected`; None if it can."""
+    if expected is None or saved is None or saved == expected:
+        return None
+    run, _, data = expected.partition(_DATA)
+    saved_run, _, saved_data = saved.partition(_DATA)
+    if saved_run != run or (saved_data and not data):
+        return f"was written by {saved}; this run is {expected}"
+    if saved_data:
+        return f"was fitted to other data ({saved_data}; this run's: {data})"
+    return None  # written before the fit recorded its data
+
+
 def restore(directory, state, *, extra=None, step: int | None = None, origin: str | None = None) -> Snapshot:
     """The snapshot at `step` (default: the newest) in `directory`, shaped like the templates `state` and `extra`.
 
@@ -115,7 +132,9 @@ def restore(directory, state, *, extra=None, step: int | None = None, origin: st
       extra: a template of the saved `extra` (None if none was saved).
       step: which checkpoint; None for the newest.
       origin: the origin the checkpoint must record (None: any). A checkpoint that
-        records none (written before jaxflow recorded origins) is accepted.
+        records none (written before jaxflow recorded origins), or only the part of
+        `origin` before its ", data ..." (written before fits recorded their data),
+        is accepted.
 
     Returns:
       the `Snapshot`, its arrays as numpy arrays of the templates' dtypes.
@@ -139,11 +158,9 @@ def restore(directory, state, *, extra=None, step: int | None = None, origin: st
         if meta.get("format") != FORMAT:
             raise ValueError(f"{where} has format {meta.get('format')!r}; this jaxflow reads format {FORMAT}.")
         saved_origin = meta.get("origin")
-        if origin is not None and saved_origin is not None and saved_origin != origin:
-            raise ValueError(
-                f"{where} was written by {saved_origin}; this run is {origin}. Pass a fresh directory to start "
-                "a new run."
-            )
+        refusal = _origin_refusal(saved_origin, origin)
+        if refusal is not None:
+            raise ValueError(f"{where} {refusal}. Pass a fresh directory to start a new run.")
         template = {"state": state, "extra": extra}
         _check_same_leaves(where, meta, template)
         empty_history = {name: np.zeros(shape, dtype) for name, (shape, dtype) in meta["history"].items()}

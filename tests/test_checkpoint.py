@@ -264,12 +264,35 @@ def test_a_checkpoint_of_a_fit_to_other_data_is_refused(tmp_path):
     more = options | dict(num_steps=20)
     edited = data.copy()
     edited[17, 1] += 1.0
-    for other in (edited, data[:63], data.astype(np.float64)):
-        with pytest.raises(ValueError, match=r"written by forward_kl.fit .*, data float32\[64, 2\] blake2b .*"
-                                             r"this run is forward_kl.fit .*, data "):
+    for other, record in ((edited, r"float32\[64, 2\]"), (data[:63], r"float32\[63, 2\]"),
+                          (data.astype(np.float64), r"float64\[64, 2\]")):
+        with pytest.raises(ValueError, match=r"was fitted to other data \(float32\[64, 2\] blake2b \w+; "
+                                             rf"this run's: {record} blake2b \w+\)"):
             forward_kl.fit(jax.random.key(1), flow, flow.init(jax.random.key(0)), other, **more)
     _, history = forward_kl.fit(jax.random.key(1), flow, flow.init(jax.random.key(0)), data.copy(), **more)
     assert len(history["loss"]) == 20
+
+
+def test_data_records_describe_any_dtype_and_scalars():
+    from jaxflow.train._loop import data_record
+
+    values = np.arange(6.0).reshape(3, 2)
+    assert data_record(jnp.asarray(values, jnp.bfloat16), None, np.float32(2.0)).startswith("bfloat16[3, 2] float32[]")
+    assert data_record(values) == data_record(values.T.copy().T)  # layout does not matter, values do
+    assert data_record(values) != data_record(values + 1) != data_record(values.reshape(2, 3))
+
+
+def test_origins_without_a_data_record_are_accepted_and_other_data_or_fits_refused(tmp_path):
+    state = affine_state(2, step=3)
+    run = "forward_kl.fit of affine on a standard_normal base"
+    checkpoint.save(tmp_path / "legacy", checkpoint.Snapshot(state, jax.random.key(0), {}, None, run))
+    assert checkpoint.restore(tmp_path / "legacy", state, origin=f"{run}, data float32[4, 2] blake2b 0a").origin == run
+    checkpoint.save(tmp_path / "recorded", checkpoint.Snapshot(state, jax.random.key(0), {}, None, f"{run}, data A"))
+    with pytest.raises(ValueError, match=r"was fitted to other data \(A; this run's: B\)"):
+        checkpoint.restore(tmp_path / "recorded", state, origin=f"{run}, data B")
+    for other in (run, "reverse_kl.fit of affine on a standard_normal base, data A"):
+        with pytest.raises(ValueError, match=r"was written by forward_kl.fit .*, data A; this run is"):
+            checkpoint.restore(tmp_path / "recorded", state, origin=other)
 
 
 def test_numpy_float64_params_resume(tmp_path):

@@ -1,5 +1,7 @@
 """conditioners.Dense and its layouts: a narrowing layer stores `weight` (out, in), any other `kernel` (in, out)."""
 
+import functools
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -54,3 +56,16 @@ def test_mlp_builds_its_layers_with_dense_or_with_flax_dense_and_draws_the_same_
     assert flax_params["params"]["Dense_1"]["kernel"].shape == (16, 4)
     perturbed = jax.tree.map(lambda a: a + 0.1, (params, flax_params))  # the zero output layer made non-zero
     np.testing.assert_allclose(ours.apply(perturbed[0], h), flax_layers.apply(perturbed[1], h), rtol=1e-5)
+
+
+def test_mlp_hidden_kernels_come_from_kernel_init_or_else_from_its_dense_layers():
+    h = jnp.ones((2, 3))
+    ones = nn.initializers.ones
+    own_dense = MLP((4,), 2, dense=functools.partial(nn.Dense, kernel_init=ones)).init(jax.random.key(0), h)
+    chosen = MLP((4,), 2, kernel_init=ones).init(jax.random.key(0), h)
+    default = MLP((4,), 2).init(jax.random.key(0), h)
+    for params in (own_dense, chosen):
+        np.testing.assert_array_equal(params["params"]["Dense_0"]["kernel"], np.ones((3, 4)))
+    assert not np.any(default["params"]["Dense_0"]["kernel"] == 1.0)
+    for params in (own_dense, chosen, default):
+        assert not np.any(kernel_of(params["params"]["Dense_1"]))  # the output layer starts at zero

@@ -140,6 +140,12 @@ def test_spline_couplings_draw_hidden_kernels_uniformly_and_the_others_lecun_nor
     assert np.abs(affine).max() > 1.5 * limit
 
 
+def test_iaf_reverses_the_order_between_layers_and_the_other_autoregressive_flows_permute_at_random():
+    assert flows.iaf(3, layers=2).bijector.name == "stack(chain(affine_inverse_autoregressive, reverse))"
+    for builder in (flows.maf, flows.nsf_autoregressive):
+        assert builder(3, layers=2).bijector.name.endswith(", permutation))")
+
+
 def test_bad_configuration_is_refused():
     with pytest.raises(ValueError, match="permute"):
         flows.realnvp(4, permute="sideways")

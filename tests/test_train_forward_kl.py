@@ -122,8 +122,9 @@ def test_nonfinite_steps_raise_or_are_counted():
     common = dict(num_steps=20, chunk_size=10, validation_fraction=0.0, dequantize=nan_dequantize, progress=False)
     with pytest.raises(FloatingPointError, match="step 0"):
         forward_kl.fit(jax.random.key(0), flow, params, gaussian_data(), on_nonfinite="raise", **common)
-    with pytest.warns(RuntimeWarning, match="every one of the 20 steps was skipped"):
+    with pytest.warns(RuntimeWarning, match="every one of the 20 steps was skipped") as warned:
         fitted, history = forward_kl.fit(jax.random.key(0), flow, params, gaussian_data(), **common)
+    assert [w.filename for w in warned if "skipped" in str(w.message)] == [__file__]  # the call to the fit
     assert history["num_skipped"] == 20 and history["skipped"].all()
     jax.tree.map(np.testing.assert_array_equal, fitted, params)
 

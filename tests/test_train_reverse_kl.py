@@ -174,6 +174,10 @@ def test_nonfinite_steps_are_skipped_or_raise():
     with pytest.raises(FloatingPointError, match="step 0"):
         reverse_kl.fit(jax.random.key(0), flow, params, lambda x: jnp.nan * x[0], num_steps=20, chunk_size=10,
                        on_nonfinite="raise", progress=False)
+    with pytest.warns(RuntimeWarning, match="every one of the 20 steps was skipped") as warned:
+        reverse_kl.fit(jax.random.key(0), flow, params, lambda x: jnp.nan * x[0], num_steps=20, chunk_size=10,
+                       progress=False)
+    assert [w.filename for w in warned if "skipped" in str(w.message)] == [__file__]  # the call to the fit
 
 
 def test_positive_parameters_through_an_exp_bijector():

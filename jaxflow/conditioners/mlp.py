@@ -45,27 +45,25 @@ class Conditioner(NamedTuple):
         return self.bind(params, positions)
 
 
-HIDDEN_INIT = nn.initializers.lecun_normal()  # flax's default for a dense kernel
-
-
 class MLP(nn.Module):
     """Dense layers with `activation` between them; the output layer is zero-initialised.
 
     `dense` builds each layer as `dense(width, kernel_init=...)`: `conditioners.Dense` by
-    default, or flax's `nn.Dense` to keep every kernel as (in, out). `kernel_init` draws the
-    hidden layers' kernels (in, out).
+    default, or flax's `nn.Dense` to keep every kernel as (in, out). `kernel_init`, if given,
+    draws the hidden layers' kernels (in, out); None keeps `dense`'s own (LeCun normal for both).
     """
 
     hidden: Sequence[int]
     out_dim: int
     activation: Callable = nn.relu
     dense: Callable = Dense
-    kernel_init: Callable = HIDDEN_INIT
+    kernel_init: Callable | None = None
 
     @nn.compact
     def __call__(self, h):
+        init = {} if self.kernel_init is None else {"kernel_init": self.kernel_init}
         for width in self.hidden:
-            h = self.activation(self.dense(width, kernel_init=self.kernel_init)(h))
+            h = self.activation(self.dense(width, **init)(h))
         return self.dense(self.out_dim, kernel_init=nn.initializers.zeros)(h)
 
 
@@ -100,11 +98,12 @@ def from_linen(module: nn.Module, in_shape, *, context_dim: int | None = None) -
 
 def mlp(
     in_dim: int, out_dim: int, *, hidden: Sequence[int] = (128, 128), activation: Callable = nn.relu,
-    context_dim: int | None = None, kernel_init: Callable = HIDDEN_INIT,
+    context_dim: int | None = None, kernel_init: Callable | None = None,
 ) -> Conditioner:
     """A multilayer perceptron conditioner from `in_dim` (+ `context_dim`) to `out_dim`.
 
-    `kernel_init` draws the hidden layers' kernels (in, out); the output layer starts at zero.
+    `kernel_init` draws the hidden layers' kernels (in, out), LeCun normal by default; the
+    output layer starts at zero.
     """
     module = MLP(check_hidden("mlp", hidden), out_dim, activation, kernel_init=kernel_init)
     return from_linen(module, (in_dim,), context_dim=check_context_dim("mlp", context_dim))

@@ -13,20 +13,19 @@ from jaxflow.bijectors.base import chain
 from jaxflow.bijectors.coupling import coupling, half_mask
 from jaxflow.bijectors.elementwise import scale
 from jaxflow.bijectors.spline import rational_quadratic_spline
-from jaxflow.conditioners.mlp import HIDDEN_INIT
 from jaxflow.distributions import Flow
 from jaxflow.flows._layers import permuted_stack, vector_flow
 
 # U(+-1/sqrt(fan_in)), PyTorch's and equinox's draw, a third of LeCun's variance. Measured with
 # 3 seeds each: spline couplings fit digits 1.5 nats per image better with it (benchmarks.digits)
-# and two moons alike; on two moons Flow++'s couplings fit 0.17 nats worse with it, RealNVP's no
-# better (README, Benchmarks).
+# and two moons as well as without; on two moons Flow++'s couplings fit 0.17 nats worse with it
+# and RealNVP's 0.05 worse, though RealNVP gained on digits (README, Benchmarks).
 _SPLINE_HIDDEN_INIT = nn.initializers.variance_scaling(1 / 3, "fan_in", "uniform")
 
 
 def _coupling_flow(
     dim, transformer, layers, hidden, context_dim, permute, seed, unroll,
-    kernel_init: Callable = HIDDEN_INIT,
+    kernel_init: Callable | None = None,
 ) -> Flow:
     if dim < 2:
         raise ValueError(f"coupling flows need dim >= 2, got {dim}; use an autoregressive or element-wise flow.")

@@ -80,6 +80,7 @@ def run(
     history: dict | None = None,
     save: Save | None = None,
     checkpoint_every: int = 1000,
+    warning_stacklevel: int = 3,
 ) -> tuple[TrainState, dict]:
     """Runs steps in chunks of `chunk_size` until `num_steps` steps are done.
 
@@ -100,6 +101,7 @@ def run(
         (when resuming from a checkpoint); None for a fresh start.
       save: `(state, history) -> None`, writes a checkpoint (see the module docstring).
       checkpoint_every: steps between checkpoints, rounded up to a multiple of `chunk_size`.
+      warning_stacklevel: the frame warnings point at (3: the caller of the fit calling `run`).
 
     Returns:
       `(state, history)`: the final state, and numpy arrays "loss", "grad_norm",
@@ -136,10 +138,10 @@ def run(
     history["num_skipped"] = np.asarray(history["skipped"].sum())
     if done and history["num_skipped"] == done:
         warnings.warn(
-            f"{description}: every one of the {done} steps was skipped (loss or gradient not finite), so the "
-            "params are the initial ones; pass on_nonfinite='raise' to stop at the first such step.",
+            f"{description}: every one of the {done} steps was skipped (loss, gradient or updated params not "
+            "finite), so the params are the initial ones; pass on_nonfinite='raise' to stop at the first such step.",
             RuntimeWarning,
-            stacklevel=3,
+            stacklevel=warning_stacklevel,
         )
     return state, history
 
@@ -161,6 +163,7 @@ def run_resumable(
         history=None if snapshot is None else snapshot.history,
         save=saver(checkpoint_dir, key, origin=origin),
         checkpoint_every=checkpoint_every,
+        warning_stacklevel=4,
         **options,
     )
 
@@ -188,8 +191,8 @@ def data_record(*arrays) -> str:
     digest, described = hashlib.blake2b(digest_size=8), []
     for array in arrays:
         if array is not None:
-            array = np.ascontiguousarray(array)
-            digest.update(array.data)
+            array = np.asarray(array)
+            digest.update(np.ascontiguousarray(array).reshape(-1).view(np.uint8))  # any dtype, bfloat16 included
             described.append(f"{array.dtype}{list(array.shape)}")
     return f"{' '.join(described)} blake2b {digest.hexdigest()}"
 
@@ -201,8 +204,8 @@ def resume(directory, key, state: TrainState, extra=None, *, origin: str):
 
     Raises:
       ValueError: if the checkpoint is of another model or optimizer (see
-        `jaxflow.checkpoint.restore`), was written by another fit or flow than
-        `origin` says, or by a run started with another key.
+        `jaxflow.checkpoint.restore`), was written by another fit or flow, or fitted
+        to other data, than `origin` says, or by a run started with another key.
     """
     if directory is None:
         return None
