@@ -79,7 +79,7 @@ def _sample_shape(shape: tuple[int, ...], context_batch) -> tuple[int, ...]:
     raise ValueError(f"Flow.sample: shape {shape} does not match the context batch shape {context_batch}.")
 
 
-def _check_sample_shape(shape) -> tuple[int, ...]:
+def check_sample_shape(shape, what: str = "Flow.sample: shape") -> tuple[int, ...]:
     """`shape` as a tuple, after checking that it is a non-negative int or a sequence of them (integer arrays too)."""
     if isinstance(shape, (np.ndarray, jax.Array)) and jnp.issubdtype(shape.dtype, jnp.integer) and shape.ndim <= 1:
         shape = np.asarray(shape).tolist()
@@ -87,7 +87,7 @@ def _check_sample_shape(shape) -> tuple[int, ...]:
     if not isinstance(dims, (tuple, list)) or not all(
         isinstance(d, (int, np.integer)) and not isinstance(d, bool) and d >= 0 for d in dims
     ):
-        raise ValueError(f"Flow.sample: shape must be a non-negative int or a tuple of them, got {shape!r}.")
+        raise ValueError(f"{what} must be a non-negative int or a tuple of them, got {shape!r}.")
     return tuple(int(d) for d in dims)
 
 
@@ -145,7 +145,7 @@ class Flow(_FlowFields):
     def sample_and_log_prob(self, params, key, shape=(), context=None):
         """Samples and their log q, from the forward pass alone (no inverse)."""
         context, context_batch = self._checked_context(context, "Flow.sample")
-        shape = _sample_shape(_check_sample_shape(shape), context_batch)
+        shape = _sample_shape(check_sample_shape(shape), context_batch)
         count = int(np.prod(shape))
         noise_key, bijector_key = jax.random.split(key)
         z = jax.vmap(self.base.sample, in_axes=(None, 0))(params["base"], jax.random.split(noise_key, count))

@@ -8,12 +8,14 @@ References: Kingma & Dhariwal (2018), Glow, https://arxiv.org/abs/1807.03039
 
 from __future__ import annotations
 
+import math
+
 import jax
 import jax.numpy as jnp
 
 from jaxflow.bijectors._checks import is_positive_int, refuse_concrete
 from jaxflow.bijectors.base import transform
-from jaxflow.distributions import Flow
+from jaxflow.distributions import Flow, check_sample_shape
 
 
 def _map(flow: Flow, direction: str, params, batch, context, key):
@@ -111,20 +113,21 @@ def apply_attribute(flow: Flow, params, x, vector, amount: float = 1.0, context=
     return decode(flow, params, z + amount * vector, context, key=key)
 
 
-def sample_with_temperature(flow: Flow, params, key, num_samples: int, temperature: float, context=None):
+def sample_with_temperature(flow: Flow, params, key, num_samples, temperature: float, context=None):
     """Samples with the Gaussian base's spread scaled by `temperature` (Glow's T < 1 for cleaner samples).
 
     Only defined for Gaussian bases (standard or diagonal normal), where it samples the
-    base density raised to the power 1 / T^2, renormalised. `temperature` may be traced
-    (under jit, or vmapped over temperatures); it is checked to be positive when concrete.
+    base density raised to the power 1 / T^2, renormalised. `num_samples` is a count or a
+    sample shape, as `Flow.sample`'s: the draws are (*shape, *event). `temperature` may be
+    traced (under jit, or vmapped over temperatures); it is checked to be positive when concrete.
     """
     if flow.base.name not in ("standard_normal", "diagonal_normal"):
         raise ValueError(f"temperature sampling needs a Gaussian base, got {flow.base.name}.")
-    if not is_positive_int(num_samples):
-        raise ValueError(f"sample_with_temperature: num_samples must be a positive int, got {num_samples!r}.")
+    shape = check_sample_shape(num_samples, "sample_with_temperature: num_samples")
     refuse_concrete("sample_with_temperature", temperature > 0, f"temperature must be positive, got {temperature}.")
     noise_key, bijector_key = jax.random.split(key)
-    z = jax.vmap(flow.base.sample, in_axes=(None, 0))(params["base"], jax.random.split(noise_key, num_samples))
+    keys = jax.random.split(noise_key, math.prod(shape))
+    z = jax.vmap(flow.base.sample, in_axes=(None, 0))(params["base"], keys).reshape(*shape, *flow.event_shape)
     loc = params["base"]["loc"] if flow.base.name == "diagonal_normal" else 0.0
     z = loc + temperature * (z - loc)
     return decode(flow, params, z, context, key=bijector_key if flow.bijector.stochastic else None)

@@ -125,8 +125,18 @@ def test_latent_tools_refuse_degenerate_arguments():
             latent.interpolate(flow, params, x[0], x[1], num_points)
     with pytest.raises(ValueError, match="x_without is an empty batch"):
         latent.attribute_vector(flow, params, x, x[:0])
-    with pytest.raises(ValueError, match="num_samples must be a positive int, got -2"):
-        latent.sample_with_temperature(flow, params, jax.random.key(0), -2, 0.7)
+    for num_samples in (-2, 2.5, (3, -1)):
+        with pytest.raises(ValueError, match=r"num_samples must be a non-negative int or a tuple of them, got"):
+            latent.sample_with_temperature(flow, params, jax.random.key(0), num_samples, 0.7)
+
+
+def test_temperature_sampling_takes_a_sample_shape_like_flow_sample(model):
+    flow, params = model
+    flat = latent.sample_with_temperature(flow, params, jax.random.key(5), 6, 0.7)
+    shaped = latent.sample_with_temperature(flow, params, jax.random.key(5), (2, 3), 0.7)
+    assert flat.shape == (6, 3) and shaped.shape == (2, 3, 3)
+    np.testing.assert_allclose(shaped.reshape(6, 3), flat, rtol=1e-6)
+    assert latent.sample_with_temperature(flow, params, jax.random.key(5), (), 0.7).shape == (3,)
 
 
 def test_temperature_can_be_traced_under_jit_and_vmap(model):
