@@ -70,13 +70,13 @@ def diagonal_normal(shape) -> Distribution:
     return Distribution(init, log_prob, sample, shape, "diagonal_normal")
 
 
-def _sample_shape(shape: tuple[int, ...], context_batch) -> tuple[int, ...]:
+def sample_shape(shape: tuple[int, ...], context_batch, what: str = "Flow.sample: shape") -> tuple[int, ...]:
     """The batch shape of a draw: `shape`, or the batch shape of per-sample contexts."""
     if not context_batch:
         return shape
     if shape in ((), context_batch):
         return context_batch
-    raise ValueError(f"Flow.sample: shape {shape} does not match the context batch shape {context_batch}.")
+    raise ValueError(f"{what} {shape} does not match the context batch shape {context_batch}.")
 
 
 def check_sample_shape(shape, what: str = "Flow.sample: shape") -> tuple[int, ...]:
@@ -145,17 +145,21 @@ class Flow(_FlowFields):
     def sample_and_log_prob(self, params, key, shape=(), context=None):
         """Samples and their log q, from the forward pass alone (no inverse)."""
         context, context_batch = self._checked_context(context, "Flow.sample")
-        shape = _sample_shape(check_sample_shape(shape), context_batch)
-        count = int(np.prod(shape))
-        noise_key, bijector_key = jax.random.split(key)
-        z = jax.vmap(self.base.sample, in_axes=(None, 0))(params["base"], jax.random.split(noise_key, count))
-        z = z.reshape(*shape, *self.event_shape)
+        shape = sample_shape(check_sample_shape(shape), context_batch)
+        z, bijector_key = self._base_draws(params, key, shape)
 
         def one(z, context, key):
             x, log_det = transform(self.bijector, "forward", params["bijector"], z, context, key)
             return x, self.base.log_prob(params["base"], z) - log_det
 
-        return self._map(one, shape, z, context, context_batch, bijector_key if self.bijector.stochastic else None)
+        return self._map(one, shape, z, context, context_batch, bijector_key)
+
+    def _base_draws(self, params, key, shape):
+        """Base draws (*shape, *event), and the key left for a stochastic bijector (None for another)."""
+        noise_key, bijector_key = jax.random.split(key)
+        keys = jax.random.split(noise_key, math.prod(shape))
+        z = jax.vmap(self.base.sample, in_axes=(None, 0))(params["base"], keys).reshape(*shape, *self.event_shape)
+        return z, bijector_key if self.bijector.stochastic else None
 
     def _batch_shape(self, shape, what):
         return batch_shape_of(f"Flow ({what})", shape, self.event_shape)

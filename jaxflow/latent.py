@@ -8,14 +8,12 @@ References: Kingma & Dhariwal (2018), Glow, https://arxiv.org/abs/1807.03039
 
 from __future__ import annotations
 
-import math
-
 import jax
 import jax.numpy as jnp
 
 from jaxflow.bijectors._checks import is_positive_int, refuse_concrete
 from jaxflow.bijectors.base import transform
-from jaxflow.distributions import Flow, check_sample_shape
+from jaxflow.distributions import Flow, check_sample_shape, sample_shape
 
 
 def _map(flow: Flow, direction: str, params, batch, context, key):
@@ -118,16 +116,16 @@ def sample_with_temperature(flow: Flow, params, key, num_samples, temperature: f
 
     Only defined for Gaussian bases (standard or diagonal normal), where it samples the
     base density raised to the power 1 / T^2, renormalised. `num_samples` is a count or a
-    sample shape, as `Flow.sample`'s: the draws are (*shape, *event). `temperature` may be
-    traced (under jit, or vmapped over temperatures); it is checked to be positive when concrete.
+    sample shape, read as `Flow.sample` reads its shape (with per-sample contexts, () means one
+    draw per context): the draws are (*shape, *event). `temperature` may be traced (under jit,
+    or vmapped over temperatures); it is checked to be positive when concrete.
     """
     if flow.base.name not in ("standard_normal", "diagonal_normal"):
         raise ValueError(f"temperature sampling needs a Gaussian base, got {flow.base.name}.")
-    shape = check_sample_shape(num_samples, "sample_with_temperature: num_samples")
+    what = "sample_with_temperature: num_samples"
+    context_batch = flow._checked_context(context, "sample_with_temperature")[1]
+    shape = sample_shape(check_sample_shape(num_samples, what), context_batch, what)
     refuse_concrete("sample_with_temperature", temperature > 0, f"temperature must be positive, got {temperature}.")
-    noise_key, bijector_key = jax.random.split(key)
-    keys = jax.random.split(noise_key, math.prod(shape))
-    z = jax.vmap(flow.base.sample, in_axes=(None, 0))(params["base"], keys).reshape(*shape, *flow.event_shape)
+    z, bijector_key = flow._base_draws(params, key, shape)
     loc = params["base"]["loc"] if flow.base.name == "diagonal_normal" else 0.0
-    z = loc + temperature * (z - loc)
-    return decode(flow, params, z, context, key=bijector_key if flow.bijector.stochastic else None)
+    return decode(flow, params, loc + temperature * (z - loc), context, key=bijector_key)

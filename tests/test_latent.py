@@ -139,6 +139,17 @@ def test_temperature_sampling_takes_a_sample_shape_like_flow_sample(model):
     assert latent.sample_with_temperature(flow, params, jax.random.key(5), (), 0.7).shape == (3,)
 
 
+def test_temperature_sampling_reads_per_sample_contexts_as_flow_sample_does():
+    conditional = jf.Flow(jf.standard_normal(3), jb.affine_coupling(3, hidden=(8,), context_dim=2), (2,))
+    params = perturbed_params(conditional, jax.random.key(0), 0.3)
+    contexts, key = jax.random.normal(jax.random.key(1), (4, 2)), jax.random.key(6)
+    hot = latent.sample_with_temperature(conditional, params, key, (), 1.0, contexts)
+    assert hot.shape == (4, 3)  # one draw per context, as Flow.sample draws
+    np.testing.assert_allclose(hot, conditional.sample(params, key, (), contexts), rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match=r"sample_with_temperature: num_samples \(5,\) does not match the context"):
+        latent.sample_with_temperature(conditional, params, key, 5, 0.7, contexts)
+
+
 def test_temperature_can_be_traced_under_jit_and_vmap(model):
     flow, params = model
 

@@ -99,8 +99,8 @@ def exp_affine(max_log_scale: float = 3.0) -> Transformer:
     direction well conditioned: there (x - shift) * scale multiplies a shift computed from the
     entries before, so a scale growing with them (softplus) squares them (at random params, MAF
     samples reached 1e21 for events of size 1e-3; with the bound 3, float64 round trips hold
-    within 3e-10 where they lost 1e-2). The IAF builder keeps `affine`: fitted by reverse KL to the banana it
-    reached k-hat 0.19 against 0.63 with this form (`examples/posteriors.py`).
+    within 3e-10 where they lost 1e-2). The IAF builder keeps `affine`: fitted by reverse KL to
+    the banana it reached k-hat 0.19 against 0.63 with this form (`examples/posteriors.py`).
     """
     if not 0 < max_log_scale < np.inf:
         raise ValueError(f"exp_affine: max_log_scale must be positive and finite, got {max_log_scale!r}.")
