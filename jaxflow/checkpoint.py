@@ -119,7 +119,7 @@ def _origin_refusal(saved: str | None, expected: str | None) -> str | None:
     if saved_run != run or (saved_data and not data):
         return f"was written by {saved}; this run is {expected}"
     if saved_data:
-        return f"was fitted to other data ({saved_data}; this run's: {data})"
+        return f"was fitted to another problem ({saved_data}; this run's: {data})"
     return None  # written before the fit recorded its data
 
 

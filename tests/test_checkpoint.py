@@ -223,6 +223,29 @@ def test_reverse_kl_and_distillation_stopped_and_resumed_end_like_the_uninterrup
             np.testing.assert_array_equal(result[1][name], history[name])
 
 
+def test_reverse_kl_and_distillation_refuse_a_checkpoint_of_another_problem(tmp_path):
+    # Both resumed such checkpoints silently before, mixing two problems in one history.
+    flow = jf.Flow(jf.standard_normal(2), jf.bijectors.affine(2))
+    params = flow.init(jax.random.key(0))
+    options = dict(num_steps=10, chunk_size=10, progress=False)
+    shifted_normal = lambda shift: lambda x: -0.5 * jnp.sum((x - shift) ** 2)  # noqa: E731
+    reverse_kl.fit(jax.random.key(3), flow, params, shifted_normal(1.0), checkpoint_dir=tmp_path / "vi", **options)
+    resume = dict(options, num_steps=20, checkpoint_dir=tmp_path / "vi")
+    for log_target, other in ((shifted_normal(1.5), {}), (shifted_normal(1.0), dict(objective="iwae")),
+                              (shifted_normal(1.0), dict(anneal_steps=5))):
+        with pytest.raises(ValueError, match=r"another problem \(target blake2b \w+, elbo, beta 1 1 1 1 1; "):
+            reverse_kl.fit(jax.random.key(3), flow, params, log_target, **resume | other)
+    _, history = reverse_kl.fit(jax.random.key(3), flow, params, shifted_normal(1.0), **resume)  # a new closure
+    assert len(history["loss"]) == 20
+
+    teacher_params = {"base": (), "bijector": {"shift": jnp.array([1.0, -1.0]), "log_scale": jnp.zeros(2)}}
+    distill.fit(jax.random.key(3), flow, params, flow, teacher_params, checkpoint_dir=tmp_path / "d", **options)
+    other_teacher = jax.tree.map(lambda leaf: leaf + 0.5, teacher_params)
+    with pytest.raises(ValueError, match=r"another problem \(teacher affine params blake2b \w+; this run's: teacher"):
+        distill.fit(jax.random.key(3), flow, params, flow, other_teacher, checkpoint_dir=tmp_path / "d",
+                    **options | dict(num_steps=20))
+
+
 def test_a_run_extended_from_an_odd_step_keeps_to_the_chunk_grid(tmp_path):
     flow = jf.Flow(jf.standard_normal(2), jf.bijectors.affine(2))
     data = np.random.default_rng(0).normal(size=(200, 2)).astype(np.float32)
@@ -266,7 +289,7 @@ def test_a_checkpoint_of_a_fit_to_other_data_is_refused(tmp_path):
     edited[17, 1] += 1.0
     for other, record in ((edited, r"float32\[64, 2\]"), (data[:63], r"float32\[63, 2\]"),
                           (data.astype(np.float64), r"float64\[64, 2\]")):
-        with pytest.raises(ValueError, match=r"was fitted to other data \(float32\[64, 2\] blake2b \w+; "
+        with pytest.raises(ValueError, match=r"was fitted to another problem \(float32\[64, 2\] blake2b \w+; "
                                              rf"this run's: {record} blake2b \w+\)"):
             forward_kl.fit(jax.random.key(1), flow, flow.init(jax.random.key(0)), other, **more)
     _, history = forward_kl.fit(jax.random.key(1), flow, flow.init(jax.random.key(0)), data.copy(), **more)
@@ -288,7 +311,7 @@ def test_origins_without_a_data_record_are_accepted_and_other_data_or_fits_refus
     checkpoint.save(tmp_path / "legacy", checkpoint.Snapshot(state, jax.random.key(0), {}, None, run))
     assert checkpoint.restore(tmp_path / "legacy", state, origin=f"{run}, data float32[4, 2] blake2b 0a").origin == run
     checkpoint.save(tmp_path / "recorded", checkpoint.Snapshot(state, jax.random.key(0), {}, None, f"{run}, data A"))
-    with pytest.raises(ValueError, match=r"was fitted to other data \(A; this run's: B\)"):
+    with pytest.raises(ValueError, match=r"was fitted to another problem \(A; this run's: B\)"):
         checkpoint.restore(tmp_path / "recorded", state, origin=f"{run}, data B")
     for other in (run, "reverse_kl.fit of affine on a standard_normal base, data A"):
         with pytest.raises(ValueError, match=r"was written by forward_kl.fit .*, data A; this run is"):

@@ -88,6 +88,19 @@ def test_weights_tied_at_the_tail_cutoff_fit_only_those_above_it():
         )
 
 
+def test_nan_infinite_and_unrepresentable_weights_are_the_worst_case():
+    # Sorting puts NaN and +inf at the peak; before, every exceedance turned NaN and k_hat read -inf, the best case.
+    log_weights = jax.random.normal(jax.random.key(0), (4000,))
+    assert float(diagnostics.pareto_k(log_weights.at[5].set(jnp.nan))) == np.inf
+    assert float(diagnostics.pareto_k(log_weights.at[5].set(jnp.inf))) == np.inf
+    assert np.isfinite(float(diagnostics.pareto_k(log_weights.at[5].set(-jnp.inf))))  # a zero weight is fine
+    # One weight 90 nats above the rest: the others' exceedances underflow in float32, so only the peak
+    # was fitted and the prior pulled k_hat to 0.22 (float64 fits them: 89.6); now inf. 80 nats: k_hat 1.6.
+    peak = log_weights.max()
+    assert float(diagnostics.pareto_k(log_weights.at[7].set(peak + 80))) > 1
+    assert float(diagnostics.pareto_k(log_weights.at[7].set(peak + 90))) > 1
+
+
 def test_ess_and_log_evidence_of_a_shifted_normal_target():
     # q = N(0, I), p = N(m, I): E_q[w] = 1 and E_q[w^2] = exp(|m|^2), so ess -> exp(-|m|^2).
     num_samples = 20_000

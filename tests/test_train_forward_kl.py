@@ -10,6 +10,7 @@ import pytest
 from scipy import stats
 
 import jaxflow as jf
+from jaxflow.dequantization import uniform_dequantize
 from jaxflow.testing import with_noisy_log_det
 from jaxflow.train import forward_kl, init_state, make_step
 
@@ -208,6 +209,10 @@ def test_conditional_fit_uses_the_context():
          "3 of 100 rows.*row 3"),
         (dict(data=np.ones((100, 3), np.float32)), ValueError, r"expected shape \(num_rows, \*\(2,\)\)"),
         (dict(data=np.ones((100, 2), np.int32)), TypeError, "floating-point.*dequantize"),
+        # Out of range for the dequantizer: checked although no validation set is dequantized eagerly.
+        (dict(data=np.full((100, 2), 255), validation_fraction=0.0,
+              dequantize=lambda key, x: uniform_dequantize(key, x, 4)), ValueError,
+         r"must lie in \[0, 4\), got values in \[255, 255\]"),
         (dict(context=np.ones((100, 1), np.float32)), ValueError, "unconditional"),
         (dict(num_steps=10, epochs=2), ValueError, "not both"),
         (dict(patience=3, validation_fraction=0.0), ValueError, "patience needs a validation set"),
@@ -225,6 +230,15 @@ def test_bad_input_is_refused_with_a_clear_error(change, error, message):
     data = kwargs.pop("data")
     with pytest.raises(error, match=message):
         forward_kl.fit(jax.random.key(0), flow, flow.init(jax.random.key(0)), data, **kwargs)
+
+
+def test_a_checkpoint_dir_that_is_a_file_is_refused_before_training(tmp_path):
+    not_a_directory = tmp_path / "ckpt"
+    not_a_directory.write_text("")
+    flow = affine_flow()
+    with pytest.raises(ValueError, match=r"checkpoint_dir must be a directory .* got the file"):
+        forward_kl.fit(jax.random.key(0), flow, flow.init(jax.random.key(0)), np.ones((100, 2), np.float32),
+                       num_steps=2, chunk_size=2, progress=False, checkpoint_dir=not_a_directory)
 
 
 def test_a_context_not_matching_the_data_is_refused():

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import os
 import time
 import warnings
 from collections.abc import Callable, Sequence
@@ -188,13 +189,17 @@ def origin_of(fit: str, flow) -> str:
 
 def data_record(*arrays) -> str:
     """dtype[shape] of each array given (None skipped) and a hash of their bytes, for an origin."""
-    digest, described = hashlib.blake2b(digest_size=8), []
+    described = [f"{np.asarray(array).dtype}{list(np.shape(array))}" for array in arrays if array is not None]
+    return f"{' '.join(described)} blake2b {digest(*arrays)}"
+
+
+def digest(*arrays) -> str:
+    """A blake2b hash (16 hex digits) of the bytes of the arrays given (None skipped), any dtype."""
+    hashed = hashlib.blake2b(digest_size=8)
     for array in arrays:
         if array is not None:
-            array = np.asarray(array)
-            digest.update(np.ascontiguousarray(array).reshape(-1).view(np.uint8))  # any dtype, bfloat16 included
-            described.append(f"{array.dtype}{list(array.shape)}")
-    return f"{' '.join(described)} blake2b {digest.hexdigest()}"
+            hashed.update(np.ascontiguousarray(np.asarray(array)).reshape(-1).view(np.uint8))  # bfloat16 included
+    return hashed.hexdigest()
 
 
 def resume(directory, key, state: TrainState, extra=None, *, origin: str):
@@ -205,10 +210,13 @@ def resume(directory, key, state: TrainState, extra=None, *, origin: str):
     Raises:
       ValueError: if the checkpoint is of another model or optimizer (see
         `jaxflow.checkpoint.restore`), was written by another fit or flow, or fitted
-        to other data, than `origin` says, or by a run started with another key.
+        to another problem (data, target or teacher), than `origin` says, or by a run
+        started with another key.
     """
     if directory is None:
         return None
+    if os.path.exists(directory) and not os.path.isdir(directory):
+        raise ValueError(f"checkpoint_dir must be a directory (or a path to create one), got the file {directory}.")
     from jaxflow import checkpoint  # orbax takes seconds to import: only when checkpoints are asked for
 
     if checkpoint.latest(directory) is None:

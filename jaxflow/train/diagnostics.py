@@ -96,7 +96,9 @@ def pareto_k(log_weights) -> jax.Array:
     the (M+1)-th largest, then shrinks the estimate towards 0.5 with the weak
     prior of PSIS (10 pseudo-observations). Only weights strictly above that cutoff
     are fitted (as in PSIS): ties with it are dropped. Weights whose tail is flat (no
-    weight above the cutoff) give -inf: they are bounded, the best case.
+    weight above the cutoff) give -inf: they are bounded, the best case. A NaN or +inf
+    log weight, or a tail spanning more than the dtype's range (a tail weight e^88 times
+    smaller than the largest in float32, whose ratio underflows), gives +inf: the worst.
     """
     log_weights = jnp.ravel(jnp.asarray(log_weights))
     num_tail = tail_size(log_weights.shape[0])
@@ -110,7 +112,10 @@ def pareto_k(log_weights) -> jax.Array:
     num_fitted = jnp.sum(exceedances > 0)
     k, _ = fit_generalized_pareto(exceedances, num_fitted=num_fitted)
     k = (num_fitted * k + _PRIOR_STRENGTH * _PRIOR_SHAPE) / (num_fitted + _PRIOR_STRENGTH)
-    return jnp.where(num_fitted > 0, k, -jnp.inf)
+    smallest_log_ratio = jnp.log(jnp.finfo(largest.dtype).tiny)
+    unrepresentable = jnp.any((largest[1:] > largest[0]) & (largest[1:] - peak < smallest_log_ratio))
+    worst = jnp.isnan(peak) | (peak == jnp.inf) | unrepresentable
+    return jnp.where(worst, jnp.inf, jnp.where(num_fitted > 0, k, -jnp.inf))
 
 
 def fit_generalized_pareto(x, *, num_fitted=None) -> tuple[jax.Array, jax.Array]:

@@ -111,8 +111,9 @@ def fit(
       on_nonfinite: "skip" steps whose loss or gradient is not finite, or "raise".
       callback: `(state, history) -> bool | None` called after every chunk; True stops.
       checkpoint_dir: a directory for checkpoints (`jaxflow.checkpoint`). If it
-        holds one of a run of this student started with this key, training
-        resumes from the newest.
+        holds one of a run of this student started with this key, distilling
+        this teacher (its layer names and a hash of its params) over these
+        contexts, training resumes from the newest.
       checkpoint_every: steps between checkpoints, rounded up to whole chunks;
         one is also written when training stops.
       mesh: a `jax.sharding.Mesh` with a "data" axis: each step's draws are split
@@ -146,7 +147,7 @@ def fit(
         init_state(student_params, optimizer),
         num_steps,
         key=key,
-        origin=_loop.origin_of("distill.fit", student),
+        origin=_origin(student, teacher, teacher_params, contexts, checkpoint_dir),
         checkpoint_dir=checkpoint_dir,
         checkpoint_every=checkpoint_every,
         mesh=mesh,
@@ -157,6 +158,17 @@ def fit(
         description="distill",
     )
     return state.params, history
+
+
+def _origin(student, teacher, teacher_params, contexts, checkpoint_dir) -> str:
+    """The checkpoints' origin: the fit and student, and (with checkpoints) the teacher and contexts it fits."""
+    origin = _loop.origin_of("distill.fit", student)
+    if checkpoint_dir is None:
+        return origin
+    teacher_record = f"teacher {teacher.bijector.name} params blake2b {_loop.digest(*jax.tree.leaves(teacher_params))}"
+    if contexts is not None:
+        teacher_record += f", contexts {_loop.data_record(contexts)}"
+    return f"{origin}, data {teacher_record}"
 
 
 def _draw_rows(key, contexts, num_samples):

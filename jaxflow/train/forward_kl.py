@@ -312,7 +312,7 @@ def _checked(flow, data, context, what, dequantize):
     if dequantize is None:
         check_float(data, what, "pass dequantize=... for integer data")
     else:
-        noisy = jax.eval_shape(dequantize, jax.random.key(0), data)
+        noisy = dequantize(jax.random.key(0), data)  # called on the concrete data, so it can check their range
         if noisy.shape != data.shape or not jnp.issubdtype(noisy.dtype, jnp.floating):
             raise TypeError(
                 f"dequantize must return floats of the input's shape {data.shape}, got {noisy.dtype}{noisy.shape}."

@@ -149,7 +149,8 @@ def fit(
       on_nonfinite: "skip" steps whose loss or gradient is not finite, or "raise".
       callback: `(state, history) -> bool | None` called after every chunk; True stops.
       checkpoint_dir: a directory for checkpoints (`jaxflow.checkpoint`). If it
-        holds one of a run of this model started with this key, training
+        holds one of a run of this model started with this key, on this
+        target (its values at fixed points), objective and annealing, training
         resumes from the newest (draws depend on the key and step alone, so
         the resumed run ends with the uninterrupted run's params).
       checkpoint_every: steps between checkpoints, rounded up to whole chunks;
@@ -192,7 +193,7 @@ def fit(
         init_state(params, optimizer),
         num_steps,
         key=key,
-        origin=_loop.origin_of("reverse_kl.fit", flow),
+        origin=_origin(flow, log_target, objective, num_importance, schedule, checkpoint_dir),
         checkpoint_dir=checkpoint_dir,
         checkpoint_every=checkpoint_every,
         mesh=mesh,
@@ -204,6 +205,27 @@ def fit(
     )
     history["beta"] = np.asarray(jax.vmap(schedule)(jnp.arange(history["loss"].size)))
     return state.params, history
+
+
+_PROBE_STEPS = (0, 10, 100, 1000, 10_000)  # where a checkpoint's origin records the annealing schedule
+_NUM_PROBES = 4  # fixed points where it records the target's values
+
+
+def _origin(flow, log_target, objective, num_importance, schedule, checkpoint_dir) -> str:
+    """The checkpoints' origin: the fit and flow, and (with checkpoints) the problem it solves.
+
+    The problem is the target's values at fixed points (to 3 significant digits, so that a
+    run resumed on other hardware matches), the objective and the annealing schedule.
+    """
+    origin = _loop.origin_of("reverse_kl.fit", flow)
+    if checkpoint_dir is None:
+        return origin
+    probes = jax.random.normal(jax.random.key(0), (_NUM_PROBES, *flow.event_shape))
+    values = jax.jit(lambda x: _log_density(log_target, x, flow.event_shape))(probes)
+    rounded = np.array([float(f"{value:.3g}") for value in np.asarray(values, np.float64)])
+    betas = " ".join(f"{float(schedule(step)):.3g}" for step in _PROBE_STEPS)
+    how = objective if objective == "elbo" else f"iwae of {num_importance}"
+    return f"{origin}, data target blake2b {_loop.digest(rounded)}, {how}, beta {betas}"
 
 
 def _log_density(log_target, x, event_shape):
