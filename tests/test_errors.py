@@ -108,6 +108,9 @@ def test_singular_fixed_linear_is_refused():
     [
         (jb.linear(2), {"weight": jnp.array([[1.0, 2.0], [2.0, 4.0]])}, "linear: the weight is singular"),
         (jb.planar(2), {"u": jnp.ones(2), "w": jnp.zeros(2), "bias": jnp.zeros(())}, "planar_tanh: w is zero"),
+        (jb.sylvester(2, variant="householder"),  # was NaN, even with R = 0 (the identity)
+         jb.sylvester(2, variant="householder").init(jax.random.key(0)) | {"reflections": jnp.eye(2).at[1, 1].set(0.0)},
+         "sylvester_householder: a Householder reflection is zero"),
     ],
 )
 def test_non_invertible_params_are_refused_in_eager_calls(bijector, params, message):
@@ -142,7 +145,8 @@ def test_stack_needs_a_positive_integer_number_of_layers(num_layers):
         jf.stack(jb.shift(DIM), num_layers)
 
 
-@pytest.mark.parametrize("builder", ["nice", "realnvp", "nsf_coupling", "maf", "iaf", "nsf_autoregressive", "flowpp"])
+@pytest.mark.parametrize("builder", ["nice", "realnvp", "nsf_coupling", "maf", "iaf", "nsf_autoregressive", "flowpp",
+                                     "planar_flow", "radial_flow", "sylvester_flow", "residual_flow"])
 @pytest.mark.parametrize("layers", [0, -1, 2.0])
 def test_builders_need_a_positive_integer_number_of_layers(builder, layers):
     with pytest.raises(ValueError, match=rf"layers must be an integer >= 1, got {layers}\."):

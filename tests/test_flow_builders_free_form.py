@@ -209,7 +209,7 @@ def test_training_through_the_roulette_estimator_nearly_matches_training_with_th
     (lambda: planar_flow(0), "dim"),
     (lambda: planar_flow(3, activation="relu"), "activation"),
     (lambda: planar_flow(3, activation="leaky_relu", negative_slope=2.0), "negative_slope"),
-    (lambda: radial_flow(3, layers=0), "num_layers"),
+    (lambda: radial_flow(3, layers=0), "layers must be an integer >= 1, got 0"),
     (lambda: sylvester_flow(3, variant="diagonal"), "variant"),
     (lambda: sylvester_flow(3, num_vectors=4), "num_vectors"),
     (lambda: sylvester_flow(3, variant="triangular", num_vectors=2), "num_vectors"),

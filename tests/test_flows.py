@@ -201,4 +201,10 @@ def test_actnorm_data_init_leaves_constant_channels_unscaled_through_a_stack():
     np.testing.assert_array_equal(params["log_scale"][:, 3], 0.0)  # not 1 / rounding error, compounded per layer
     np.testing.assert_allclose(x.std(axis=0)[:3], 1.0, rtol=1e-4)
     np.testing.assert_allclose(x[:, 3], 0.0, atol=1e-7)
+    # Differentiable through the init, constant channel included (std's slope at 0 made NaN gradients).
+    def standardised_energy(batch):
+        params, x = initialize_from_data(layers, layers.init(jax.random.key(0)), batch)
+        return jnp.sum(x**2) + jnp.sum(params["log_scale"])
+
+    assert np.all(np.isfinite(jax.grad(standardised_energy)(batch)))
 

@@ -284,6 +284,21 @@ def test_radial_inverts_near_and_far_from_its_center():
         np.testing.assert_allclose(inverse_log_det, -log_det, rtol=1e-12, atol=1e-12)
 
 
+def test_radial_stays_finite_where_squared_radii_overflow():
+    # Squaring |x - x0| overflowed float32 past 1.8e19 (NaN outputs); the map there is near the identity.
+    bijector = radial(DIM)
+    direction = jnp.array([0.5, -0.5, 0.5, 0.5], jnp.float32)
+    for beta_raw in (-6.0, 3.0):
+        params = jax.tree.map(lambda a: jnp.asarray(a, jnp.float32), _radial_params(beta_raw))
+        for radius in (1e20, 1e30, 1e38):
+            x = radius * direction
+            y, log_det = bijector.forward(params, x)
+            x_back, inverse_log_det = bijector.inverse(params, y)
+            np.testing.assert_allclose(y, x, rtol=1e-6)
+            np.testing.assert_allclose(x_back, x, rtol=1e-6)
+            assert abs(float(log_det)) < 1e-6 and float(inverse_log_det) == -float(log_det)
+
+
 @pytest.mark.float64
 def test_radial_is_smooth_at_its_center():
     bijector = radial(DIM)

@@ -30,9 +30,10 @@ def actnorm(shape) -> Bijector:
         del params, context
         y = _check_batch(y, shape)
         axes = tuple(range(y.ndim - 1 if shape else y.ndim))  # all but the channel axis (scalar events: none)
-        mean, std = jnp.mean(y, axis=axes), jnp.std(y, axis=axes)
-        constant = std <= ROUNDING_SPREAD * jnp.finfo(y.dtype).eps * jnp.abs(mean)
-        log_scale = jnp.log(jnp.where(constant, 1.0, std))
+        mean, variance = jnp.mean(y, axis=axes), jnp.var(y, axis=axes)
+        constant = variance <= jnp.square(ROUNDING_SPREAD * jnp.finfo(y.dtype).eps * mean)
+        # log std from the variance, guarded twice: sqrt's infinite slope at 0 would make NaN gradients.
+        log_scale = jnp.where(constant, 0.0, 0.5 * jnp.log(jnp.where(constant, 1.0, variance)))
         return {"shift": mean, "log_scale": log_scale}, (y - mean) * jnp.exp(-log_scale)
 
     return affine_with_params("actnorm", shape, shape[-1:])._replace(data_init=data_init)

@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxflow.bijectors._checks import check_dim, check_event, checked_params, refuse_concrete
+from jaxflow.bijectors._numerics import norm
 from jaxflow.bijectors.base import Bijector
 from jaxflow.bijectors.root_finding import solve_monotone
 from jaxflow.bijectors.transformers import softplus_inverse
@@ -185,38 +186,37 @@ def radial(dim: int) -> Bijector:
 
     def scale_and_log_det(alpha, alpha_plus_beta, r):
         scale = (alpha_plus_beta + r) / (alpha + r)
-        radial_slope = (alpha * alpha_plus_beta + r * (2 * alpha + r)) / jnp.square(alpha + r)
+        # (alpha c + r (2 alpha + r)) / (alpha + r)^2, divided through once first so that r^2 cannot overflow.
+        radial_slope = (alpha * alpha_plus_beta / (alpha + r) + r * ((2 * alpha + r) / (alpha + r))) / (alpha + r)
         return scale, (dim - 1) * jnp.log(scale) + jnp.log(radial_slope)
 
     def forward(params, x, context=None):
         del context
         x = check_event("radial", x, (dim,))
         center, alpha, alpha_plus_beta = unpack(params, x.dtype)
-        scale, log_det = scale_and_log_det(alpha, alpha_plus_beta, _norm(x - center))
+        scale, log_det = scale_and_log_det(alpha, alpha_plus_beta, norm(x - center))
         return center + scale * (x - center), log_det
 
     def inverse(params, y, context=None):
         del context
         y = check_event("radial", y, (dim,))
         center, alpha, alpha_plus_beta = unpack(params, y.dtype)
-        r = _radius_before(alpha, alpha_plus_beta, _norm(y - center))
+        r = _radius_before(alpha, alpha_plus_beta, norm(y - center))
         scale, log_det = scale_and_log_det(alpha, alpha_plus_beta, r)
         return center + (y - center) / scale, -log_det
 
     return Bijector(init, forward, inverse, "radial")
 
 
-def _norm(v):
-    """|v|, with a zero rather than NaN gradient at v = 0 (the radial map is smooth there)."""
-    square = jnp.sum(jnp.square(v))
-    positive = square > 0
-    return jnp.where(positive, jnp.sqrt(jnp.where(positive, square, 1.0)), 0.0)
-
-
 def _radius_before(alpha, alpha_plus_beta, s):
     """The r >= 0 with r (alpha + beta + r) / (alpha + r) = s: the positive root of r^2 + d r - alpha s, d = c - s."""
     d = alpha_plus_beta - s
-    root = jnp.sqrt(jnp.square(d) + 4 * alpha * s)
+    # sqrt(d^2 + 4 alpha s); for |d| > 1 as |d| sqrt(1 + 4 alpha s / d^2), which cannot overflow d^2.
+    large = jnp.abs(d) > 1
+    large_d = jnp.where(large, jnp.abs(d), 1.0)
+    root = jnp.where(
+        large, large_d * jnp.sqrt(1 + 4 * alpha * (s / large_d) / large_d), jnp.sqrt(jnp.square(d) + 4 * alpha * s)
+    )
     non_negative = d >= 0
     # For d >= 0 the textbook (root - d) / 2 cancels; rationalise it there.
-    return jnp.where(non_negative, 2 * alpha * s / jnp.where(non_negative, d + root, 1.0), (root - d) / 2)
+    return jnp.where(non_negative, 2 * alpha * s / jnp.where(non_negative, d + root, 1.0), root / 2 - d / 2)

@@ -61,6 +61,7 @@ from jaxflow.bijectors._checks import (
     check_hidden,
     is_positive_int,
 )
+from jaxflow.bijectors._numerics import norm
 from jaxflow.bijectors.base import Bijector
 from jaxflow.bijectors.transformers import softplus_inverse
 
@@ -133,13 +134,13 @@ def fixed_point(step, start, *, rate: float, tol: float, max_iter: int):
         x, moved, previous, _, since_smallest, iteration = state
         contraction = jnp.clip(moved / previous, 0.0, rate)
         resolvable = jnp.maximum(tol * (1 - contraction), ROUNDING_MOVES * jnp.finfo(x.dtype).eps)
-        converged = moved <= resolvable * jnp.linalg.norm(x)
+        converged = moved <= resolvable * norm(x)
         return (iteration < max_iter) & ~converged & (since_smallest < STALL_STEPS)
 
     def body(state):
         x, moved, _, smallest, since_smallest, iteration = state
         new = step(x)
-        new_moved = jnp.linalg.norm(new - x)
+        new_moved = norm(new - x)
         since_smallest = jnp.where(new_moved < smallest, 0, since_smallest + 1)
         return new, new_moved, moved, jnp.minimum(new_moved, smallest), since_smallest, iteration + 1
 

@@ -34,7 +34,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxflow.bijectors._checks import check_dim, check_event, checked_params
+from jaxflow.bijectors._checks import check_dim, check_event, checked_params, refuse_concrete
 from jaxflow.bijectors.base import Bijector
 from jaxflow.bijectors.planar import TANH, log_one_plus_gain_times_slope, one_plus_gain
 
@@ -167,7 +167,15 @@ def _q_map(name, variant, dim, num_vectors, num_householder, permutation) -> _QM
         if not isinstance(num_householder, (int, np.integer)) or num_householder < 1:
             raise ValueError(f"{name}: num_householder must be a positive int, got {num_householder!r}.")
         shapes = {"reflections": (num_householder, dim)}
-        return _QMap(shapes, lambda params: householder_columns(params["reflections"], num_vectors))
+
+        def columns(params):
+            reflections = params["reflections"]
+            refuse_concrete(name, jnp.all(jnp.sum(jnp.square(reflections), axis=-1) > 0),
+                            "a Householder reflection is zero, and H = I - 2 v v^T / |v|^2 divides by it; "
+                            "reflections must stay non-zero.")
+            return householder_columns(reflections, num_vectors)
+
+        return _QMap(shapes, columns)
     order = np.arange(dim)[::-1] if permutation is None else np.asarray(permutation)
     if order.shape != (dim,) or not np.array_equal(np.sort(order), np.arange(dim)):
         raise ValueError(f"{name}: permutation must be a permutation of range({dim}), got {permutation!r}.")

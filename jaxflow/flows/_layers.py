@@ -13,6 +13,13 @@ from jaxflow.bijectors.permutation import inverse_permutations, permutation, ran
 from jaxflow.distributions import Flow, standard_normal
 
 
+def check_layers(num_layers) -> int:
+    """A builder's `layers=`, checked to be an integer >= 1 (the error names the builder's option, not stack's)."""
+    if not is_positive_int(num_layers):
+        raise ValueError(f"layers must be an integer >= 1, got {num_layers!r}.")
+    return num_layers
+
+
 def permuted_stack(
     make_layer: Callable[[], Bijector], dim: int, num_layers: int, *, permute: str, seed: int, unroll: int | bool = 1,
     transformed: np.ndarray | None = None,
@@ -30,8 +37,7 @@ def permuted_stack(
         out are repaired (e.g. two identity permutations of dim 2, 1 seed in 2), and "none"
         is refused for more than one layer.
     """
-    if not is_positive_int(num_layers):  # before the permutations are drawn for it
-        raise ValueError(f"layers must be an integer >= 1, got {num_layers!r}.")
+    check_layers(num_layers)  # before the permutations are drawn for it
     if permute == "random":
         perms = _covering_permutations(jax.random.key(seed), num_layers, dim, transformed)
 

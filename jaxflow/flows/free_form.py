@@ -20,7 +20,7 @@ from jaxflow.bijectors.permutation import reverse
 from jaxflow.bijectors.planar import planar, radial
 from jaxflow.bijectors.sylvester import sylvester
 from jaxflow.distributions import Flow
-from jaxflow.flows._layers import vector_flow
+from jaxflow.flows._layers import check_layers, vector_flow
 
 
 def planar_flow(
@@ -42,7 +42,8 @@ def planar_flow(
     """
     dim = check_dim("planar_flow", dim)
     layer = planar(dim, activation=activation, negative_slope=negative_slope)
-    return vector_flow(stack(layer, layers, name=f"planar_flow({activation})", unroll=unroll), dim, None)
+    stacked = stack(layer, check_layers(layers), name=f"planar_flow({activation})", unroll=unroll)
+    return vector_flow(stacked, dim, None)
 
 
 def radial_flow(dim: int, *, layers: int = 16, unroll: int | bool = 1) -> Flow:
@@ -53,7 +54,7 @@ def radial_flow(dim: int, *, layers: int = 16, unroll: int | bool = 1) -> Flow:
     References: Rezende & Mohamed (2015), https://arxiv.org/abs/1505.05770
     """
     dim = check_dim("radial_flow", dim)
-    return vector_flow(stack(radial(dim), layers, name="radial_flow", unroll=unroll), dim, None)
+    return vector_flow(stack(radial(dim), check_layers(layers), name="radial_flow", unroll=unroll), dim, None)
 
 
 def sylvester_flow(
@@ -90,4 +91,5 @@ def sylvester_flow(
         layer = chain(layer, reverse(), name="sylvester_triangular_reversed")
     else:
         layer = sylvester(dim, **options)
-    return vector_flow(stack(layer, layers, name=f"sylvester_flow({variant})", unroll=unroll), dim, None)
+    stacked = stack(layer, check_layers(layers), name=f"sylvester_flow({variant})", unroll=unroll)
+    return vector_flow(stacked, dim, None)

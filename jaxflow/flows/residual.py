@@ -16,7 +16,7 @@ from jaxflow.bijectors.actnorm import actnorm as actnorm_layer
 from jaxflow.bijectors.base import chain, stack
 from jaxflow.bijectors.residual import residual
 from jaxflow.distributions import Flow
-from jaxflow.flows._layers import vector_flow
+from jaxflow.flows._layers import check_layers, vector_flow
 
 
 def residual_flow(
@@ -70,4 +70,5 @@ def residual_flow(
         roulette_stop_probability=roulette_stop_probability, context_dim=context_dim,
     )
     layer = chain(block, actnorm_layer(dim), name=f"actnorm_{block.name}") if actnorm else block
-    return vector_flow(stack(layer, layers, name=f"residual_flow({log_det})", unroll=unroll), dim, context_dim)
+    stacked = stack(layer, check_layers(layers), name=f"residual_flow({log_det})", unroll=unroll)
+    return vector_flow(stacked, dim, context_dim)
