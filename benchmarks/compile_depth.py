@@ -35,11 +35,12 @@ def main(argv=None):
     parser.add_argument("--dim", type=int, default=16)
     parser.add_argument("--batch", type=int, default=512)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--libraries", nargs="+", default=["jaxflow", "distrax", "flowjax"])
+    parser.add_argument("--libraries", nargs="+", default=["jaxflow", "distrax", "flowjax"],
+                        help="jaxflow, the reference of every ratio, is always measured (first)")
     parser.add_argument("--out", default=None)
     args = parser.parse_args(argv)
 
-    libraries = available(args.libraries)
+    libraries = ["jaxflow", *available([lib for lib in args.libraries if lib != "jaxflow"])]
     x = jax.random.normal(jax.random.key(0), (args.batch, args.dim))
     rows = []
     for depth in args.depths:

@@ -98,11 +98,14 @@ def attribute_vector(flow: Flow, params, x_with, x_without, *, context_with=None
     `context_without`: one shared by the group or one per row.
     """
     for label, group in (("x_with", x_with), ("x_without", x_without)):
-        if jnp.shape(group)[:1] == (0,):
+        if jnp.size(group) == 0:
             raise ValueError(f"attribute_vector: {label} is an empty batch; each group needs at least one example.")
     key_with, key_without = (None, None) if key is None else jax.random.split(key)
-    mean_with = encode(flow, params, x_with, context_with, key=key_with).mean(0)
-    return mean_with - encode(flow, params, x_without, context_without, key=key_without).mean(0)
+
+    def mean_latent(x, context, key):  # over every batch axis: (event_shape)
+        return encode(flow, params, x, context, key=key).reshape(-1, *flow.event_shape).mean(0)
+
+    return mean_latent(x_with, context_with, key_with) - mean_latent(x_without, context_without, key_without)
 
 
 def apply_attribute(flow: Flow, params, x, vector, amount: float = 1.0, context=None, *, key=None):

@@ -173,6 +173,47 @@ def test_bad_widths_and_context_dims_are_refused_at_build_time(build, message):
         build()
 
 
+class _NnxTwoLayer:
+    """A user's nnx network for a coupling's conditioner (made lazily: flax.nnx imports on first use)."""
+
+    def __new__(cls, in_dim, out_dim, rngs, dropout=False):
+        from flax import nnx
+
+        class TwoLayer(nnx.Module):
+            def __init__(self):
+                self.hidden = nnx.Linear(in_dim, 8, rngs=rngs)
+                self.out = nnx.Linear(8, out_dim, rngs=rngs)
+                self.dropout = nnx.Dropout(0.1, rngs=rngs) if dropout else None
+
+            def __call__(self, h):
+                return self.out(jnp.tanh(self.hidden(h)))
+
+        return TwoLayer()
+
+
+@pytest.mark.parametrize("adapter", ["linen", "nnx"])
+def test_a_users_own_module_drives_a_coupling_that_passes_the_kit(adapter):
+    from jaxflow.bijectors import transformers
+    from jaxflow.bijectors.coupling import coupling
+    from jaxflow.testing import check_bijector, perturbed_params
+
+    def network(in_dim, out_dim, context_dim=None):
+        if adapter == "linen":
+            return from_linen(MLP((8,), out_dim), in_dim, context_dim=context_dim)
+        return from_nnx(lambda rngs: _NnxTwoLayer(in_dim + (context_dim or 0), out_dim, rngs), context_dim=context_dim)
+
+    layer = coupling(4, transformers.affine(), context_dim=2, conditioner=network)
+    params = perturbed_params(layer, jax.random.key(0), 0.3)
+    assert all(jnp.issubdtype(leaf.dtype, jnp.floating) for leaf in jax.tree.leaves(params))
+    check_bijector(layer, params, jnp.array([0.3, -1.0, 0.5, 2.0]), jnp.array([0.5, -0.2]))
+
+
+def test_nnx_modules_with_state_besides_params_are_refused():
+    # Dropout's RNG streams were returned as params (uint32 and key leaves: jax.grad refused them).
+    with pytest.raises(ValueError, match=r"from_nnx: the module holds state besides nnx.Param \(RngCount, RngKey\)"):
+        from_nnx(lambda rngs: _NnxTwoLayer(3, 2, rngs, dropout=True))
+
+
 def test_actnorm_data_init_refuses_degenerate_batches():
     layer = actnorm(3)
     params = layer.init(jax.random.key(0))

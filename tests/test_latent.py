@@ -79,6 +79,11 @@ def test_attribute_vector_moves_one_group_onto_the_other(model):
     np.testing.assert_allclose(vector, [1.0, 0.0, -0.5], atol=1e-9)
     moved = latent.apply_attribute(flow, params, without, vector)
     np.testing.assert_allclose(moved, shifted, atol=1e-9)
+    # Groups with two batch axes average over both (the first axis only before: a vector per row).
+    grouped = latent.attribute_vector(flow, params, shifted.reshape(8, 8, 3), without.reshape(4, 16, 3))
+    np.testing.assert_allclose(grouped, vector, atol=1e-12)
+    with pytest.raises(ValueError, match="x_with is an empty batch"):
+        latent.attribute_vector(flow, params, shifted[:, None][:, :0], without)
 
 
 def test_temperature_scales_the_latent_spread(model):

@@ -18,6 +18,7 @@ from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 from jaxflow.bijectors._checks import check_context, check_context_dim, check_hidden
@@ -74,6 +75,9 @@ def _joined(h, context):
 def from_linen(module: nn.Module, in_shape, *, context_dim: int | None = None) -> Conditioner:
     """Wraps a linen module taking one input array; the context is concatenated to a flat input.
 
+    The module's own initialisers draw the params: a fresh layer on it is the identity only if
+    its last layer starts at zero (as `mlp`'s does).
+
     Args:
       module: maps h (or concat(h, context) flattened, when conditional) to raw params.
       in_shape: shape of h (without context).
@@ -110,21 +114,37 @@ def mlp(
 
 
 def from_nnx(make_module: Callable, *, context_dim: int | None = None) -> Conditioner:
-    """Wraps an nnx module: `make_module(rngs)` builds it; params are its `nnx.State`.
+    """Wraps an nnx module: `make_module(rngs)` builds it; params are its `nnx.Param` state.
 
     The module is called with concat(h, context) when `context_dim` is given, h otherwise.
+    It must hold no other state (RNG streams of dropout, batch statistics): a conditioner is
+    a function of its params and input alone, and params are trainable float arrays. The
+    module's own initialisers draw the params: a fresh layer on it is the identity only if
+    its last layer starts at zero (as `mlp`'s does).
     """
     from flax import nnx
 
     context_dim = check_context_dim("from_nnx", context_dim)
-    graphdef, _ = nnx.split(nnx.eval_shape(lambda: make_module(nnx.Rngs(0))))
+    graphdef, _, other_state = nnx.split(nnx.eval_shape(lambda: make_module(nnx.Rngs(0))), nnx.Param, ...)
+    if jax.tree.leaves(other_state):
+        kinds = sorted({type(v).__name__ for v in jax.tree.leaves(other_state, is_leaf=_is_nnx_variable)})
+        raise ValueError(
+            f"from_nnx: the module holds state besides nnx.Param ({', '.join(kinds)}); a conditioner is a function of "
+            "its params and input alone: build the module without dropout or batch statistics."
+        )
     context_shape = None if context_dim is None else (context_dim,)
 
     def init(key):
-        return nnx.split(make_module(nnx.Rngs(key)))[1]
+        return nnx.split(make_module(nnx.Rngs(key)), nnx.Param)[1]
 
     def apply(params, h, context=None):
         context = check_context("conditioner", context, context_shape)
         return nnx.merge(graphdef, params)(_joined(h, context))
 
     return Conditioner(init, apply)
+
+
+def _is_nnx_variable(leaf) -> bool:
+    from flax import nnx
+
+    return isinstance(leaf, nnx.Variable)
