@@ -234,7 +234,7 @@ def test_factor_out_of_a_stochastic_layer_is_stochastic_and_hands_it_the_key():
 def test_the_noisy_twin_passes_the_kit_like_a_stochastic_layer():
     noisy = with_noisy_log_det(jb.affine(3))
     params = perturbed_params(noisy, jax.random.key(0), 0.5)
-    check_bijector(noisy, params, jnp.array([0.3, -1.0, 2.0]), key=jax.random.key(1), log_det_tol=1.0)
+    check_bijector(noisy, params, jnp.array([0.3, -1.0, 2.0]), key=jax.random.key(1), log_det_tol=0.5)  # noise sd 0.1
 
 
 def test_ignore_context_keeps_an_unconditional_layer_unconditional_in_a_conditional_flow():

@@ -25,7 +25,10 @@ def test_diagonal_normal_matches_scipy():
     expected = scipy.stats.norm.logpdf(np.asarray(x), np.asarray(params["loc"]), scale).sum()
     np.testing.assert_allclose(base.log_prob(params, x), expected, rtol=1e-6)
     samples = jax.vmap(base.sample, in_axes=(None, 0))(params, jax.random.split(jax.random.key(1), 20000))
-    np.testing.assert_allclose(samples.std(0), np.exp(np.asarray(params["log_scale"])), rtol=0.03)
+    np.testing.assert_allclose(samples.std(0), scale, rtol=0.03)
+    assert np.all(np.abs(samples.mean(0) - np.asarray(params["loc"])) < 5 * scale / np.sqrt(20000))
+    for column, loc, sd in zip(np.asarray(samples).T, np.asarray(params["loc"]), scale):
+        assert scipy.stats.kstest(column, scipy.stats.norm(loc, sd).cdf).pvalue > 1e-3
 
 
 def _flow(dim=2):

@@ -15,9 +15,10 @@ def test_toy_density_runs(tmp_path, model, load_example):
     assert (tmp_path / "toy_density.png").stat().st_size > 0
 
 
-def test_toy_density_rejects_unknown_model(tmp_path, load_example):
-    with pytest.raises(SystemExit):
+def test_toy_density_rejects_unknown_model(tmp_path, load_example, capsys):
+    with pytest.raises(SystemExit) as exited:
         load_example("toy_density").main(["--models", "glow", "--out", str(tmp_path)])
+    assert exited.value.code == 2 and "glow" in capsys.readouterr().err
 
 
 def test_planar_vi_runs(tmp_path, load_example):

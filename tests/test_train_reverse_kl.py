@@ -129,6 +129,22 @@ def test_fit_lowers_the_loss_on_a_banana_with_annealing():
     assert history["loss"][-100:].mean() < -log_z + 0.3
 
 
+def test_each_steps_loss_targets_the_annealed_density():
+    # q = N(0, I) held fixed (learning rate 0), log p~ = -|x - m|^2 / 2: the loss at beta is
+    # E_q[log q] - beta E_q[log p~] = -(1 + log 2 pi) + beta (2 + |m|^2) / 2, estimated from 4096 draws.
+    flow, shift = affine_flow(), jnp.array([1.0, -2.0])
+    _, history = reverse_kl.fit(
+        jax.random.key(0), flow, flow.init(jax.random.key(0)), lambda x: -0.5 * jnp.sum((x - shift) ** 2),
+        num_samples=4096, num_steps=40, anneal_steps=30, optimizer=optax.sgd(0.0), chunk_size=20, progress=False,
+    )
+    beta = history["beta"]
+    expected = -(1 + np.log(2 * np.pi)) + beta * (2 + float(shift @ shift)) / 2
+    # One draw's term is (beta - 1) |x|^2 / 2 - beta m.x + const: variance (beta - 1)^2 + beta^2 |m|^2 in 2-D.
+    standard_error = np.sqrt((beta - 1) ** 2 + beta**2 * float(shift @ shift)) / np.sqrt(4096)
+    assert np.all(np.abs(history["loss"] - expected) < 5 * standard_error)
+    assert beta[0] < 0.02 and beta[-1] == 1.0
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize(
     "options", [dict(), dict(stick_the_landing=True), dict(objective="iwae")], ids=["elbo", "stl", "iwae"]
