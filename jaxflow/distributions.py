@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxflow import validation
-from jaxflow.bijectors._checks import as_shape, batch_shape_of, check_event
+from jaxflow.bijectors._checks import as_shape, batch_shape_of, check_event, check_params
 from jaxflow.bijectors.base import Bijector, transform
 
 _HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
@@ -58,12 +58,17 @@ def diagonal_normal(shape) -> Distribution:
         del key
         return {"loc": jnp.zeros(shape), "log_scale": jnp.zeros(shape)}
 
+    def checked(params):  # broadcasting params would count log_scale's entries short in the normaliser
+        check_params("diagonal_normal", params, {"loc": shape, "log_scale": shape})
+        return params
+
     def log_prob(params, x):
-        x = check_event("diagonal_normal", x, shape)
+        x, params = check_event("diagonal_normal", x, shape), checked(params)
         z = (x - params["loc"]) * jnp.exp(-params["log_scale"])
         return -0.5 * jnp.sum(jnp.square(z)) - jnp.sum(params["log_scale"]) - x.size * _HALF_LOG_2PI
 
     def sample(params, key):
+        params = checked(params)
         noise = jax.random.normal(key, shape, params["loc"].dtype)
         return params["loc"] + jnp.exp(params["log_scale"]) * noise
 
@@ -81,6 +86,11 @@ def sample_shape(shape: tuple[int, ...], context_batch, what: str = "Flow.sample
 
 def check_sample_shape(shape, what: str = "Flow.sample: shape") -> tuple[int, ...]:
     """`shape` as a tuple, after checking that it is a non-negative int or a sequence of them (integer arrays too)."""
+    if any(isinstance(d, jax.core.Tracer) for d in jax.tree.leaves(shape)):
+        raise ValueError(
+            f"{what} must be static (Python ints), got a traced value: under jax.jit, mark it static, e.g. "
+            "jax.jit(flow.sample, static_argnames='shape')."
+        )
     if isinstance(shape, (np.ndarray, jax.Array)) and jnp.issubdtype(shape.dtype, jnp.integer) and shape.ndim <= 1:
         shape = np.asarray(shape).tolist()
     dims = (shape,) if isinstance(shape, (int, np.integer)) else shape
@@ -134,7 +144,8 @@ class Flow(_FlowFields):
 
         def one(x, context, key):
             z, log_det = transform(self.bijector, "inverse", params["bijector"], x, context, key)
-            return self.base.log_prob(params["base"], z) + log_det
+            validation.check_finite(self.bijector.name, "inverse", z, log_det, inputs=x)
+            return self._base_log_prob(params, z) + log_det
 
         return self._map(one, batch_shape, x, context, context_batch, key)
 
@@ -149,10 +160,17 @@ class Flow(_FlowFields):
         z, bijector_key = self._base_draws(params, key, shape)
 
         def one(z, context, key):
+            validation.check_finite(f"base {self.base.name}", "sample", z)
             x, log_det = transform(self.bijector, "forward", params["bijector"], z, context, key)
-            return x, self.base.log_prob(params["base"], z) - log_det
+            validation.check_finite(self.bijector.name, "forward", x, log_det, inputs=z)
+            return x, self._base_log_prob(params, z) - log_det
 
         return self._map(one, shape, z, context, context_batch, bijector_key)
+
+    def _base_log_prob(self, params, z):
+        log_prob = self.base.log_prob(params["base"], z)
+        validation.check_finite(f"base {self.base.name}", "log_prob", log_prob, inputs=z)
+        return log_prob
 
     def _base_draws(self, params, key, shape):
         """Base draws (*shape, *event), and the key left for a stochastic bijector (None for another)."""

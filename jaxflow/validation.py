@@ -20,6 +20,7 @@ import functools
 import re
 import threading
 
+import jax
 import jax.numpy as jnp
 from jax.experimental import checkify
 
@@ -45,10 +46,14 @@ def checked(fn):
     """Wraps `fn` so that NaN/inf produced by any jaxflow layer raises `FloatingPointError`.
 
     The message names the layer ("inverse output of chain[1] softplus", "forward output of
-    stack(affine) layer 3"). `fn` is traced afresh on each call; wrap a jitted function as
-    `checked(jax.jit(fn))` only if it has not been traced before, since checks are added at
-    trace time.
+    stack(affine) layer 3"). A plain `fn` is traced afresh on each call. A jitted one,
+    `checked(jax.jit(f))`, is compiled once with its checks, under a jit of its own: JAX
+    shares one trace among every `jax.jit(f)`, and checks are added at trace time, so
+    sharing it would leave the checks out (f traced before) or put them into plain calls of
+    `jax.jit(f)` after (which then fail).
     """
+    if callable(getattr(fn, "lower", None)) and callable(getattr(fn, "__wrapped__", None)):
+        fn = jax.jit(functools.partial(fn.__wrapped__))  # a new callable: a trace cache of its own
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
@@ -85,7 +90,8 @@ def check_finite(label: str, direction: str, value, log_det=None, index=None, in
 
     Args:
       label: what produced the values, e.g. "chain[2] affine_coupling".
-      direction: "forward", "inverse", or "input" and "context" (for data entering a flow).
+      direction: "forward", "inverse", "sample" or "log_prob" (of a base), or "input" and
+        "context" (for data entering a flow).
       value: the output array of the layer.
       log_det: the layer's log-det, or None.
       index: optional traced layer index (inside `stack`).

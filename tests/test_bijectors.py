@@ -117,6 +117,34 @@ def test_kit_detects_a_wrong_log_det():
     check_bijector(consistent_liar, params, jnp.ones(3), check_jacobian=False)  # the cancellation checks pass it
 
 
+def test_kit_refuses_a_singular_reference_jacobian():
+    # A forward whose derivative rule drops the tangent gives slogdet = -inf: the comparison read NaN > tol as
+    # a pass, so any log-det passed in float32.
+    @jax.custom_jvp
+    def scaled(x, log_scale):
+        return x * jnp.exp(log_scale)
+
+    scaled.defjvp(lambda primals, tangents: (scaled(*primals), jnp.zeros_like(primals[0])))
+    honest = jb.scale(3)
+    tangentless = honest._replace(
+        forward=lambda params, x, context=None: (scaled(x, params["log_scale"]), jnp.sum(params["log_scale"])),
+        name="tangentless",
+    )
+    with pytest.raises(AssertionError, match="the reference is not finite"):
+        check_bijector(tangentless, {"log_scale": jnp.array([0.3, -0.2, 0.5])}, jnp.ones(3))
+
+
+def test_kit_needs_a_scalar_inverse_log_det():
+    honest = jb.scale(3)
+
+    def inverse(params, y, context=None):
+        x, log_det = honest.inverse(params, y, context)
+        return x, log_det[None]  # shape (1,): was a TypeError from jax.grad inside the kit
+
+    with pytest.raises(AssertionError, match=r"inverse: log_det must be a scalar, got shape \(1,\)"):
+        check_bijector(honest._replace(inverse=inverse), {"log_scale": jnp.array([0.3, -0.2, 0.5])}, jnp.ones(3))
+
+
 def test_kit_detects_a_wrong_inverse():
     honest = jb.shift(2)
     wrong = honest._replace(inverse=lambda p, y, context=None: (y, jnp.zeros(())), name="wrong")

@@ -265,6 +265,58 @@ def test_data_init_refuses_nan_data_naming_the_row():
     assert x.shape == (0, DIM)
 
 
+def test_a_checked_jit_neither_shares_nor_poisons_the_plain_jits_trace():
+    # JAX shares one trace among every jax.jit of a function: a checked jit traced after a plain one
+    # returned NaN unreported, and a plain one traced after a checked one failed ("not functionalized").
+    flow = jf.Flow(jf.standard_normal(2), jf.stack(jf.chain(jb.affine(2), jb.reverse()), 2))
+    params, x, bad = flow.init(jax.random.key(0)), jnp.ones((3, 2)), jnp.ones((3, 2)).at[0, 0].set(jnp.nan)
+
+    def plain_first(params, x):
+        return -flow.log_prob(params, x).mean()
+
+    def checked_first(params, x):
+        return -flow.log_prob(params, x).mean()
+
+    expected = 1 + np.log(2 * np.pi)  # -log N((1, 1); 0, I), the flow being the identity
+    np.testing.assert_allclose(jax.jit(plain_first)(params, x), expected, rtol=1e-6)
+    with pytest.raises(FloatingPointError, match=r"input of Flow\.log_prob"):
+        jf.validation.checked(jax.jit(plain_first))(params, bad)
+    np.testing.assert_allclose(jf.validation.checked(jax.jit(checked_first))(params, x), expected, rtol=1e-6)
+    np.testing.assert_allclose(jax.jit(checked_first)(params, x), expected, rtol=1e-6)
+    assert np.isnan(jax.jit(checked_first)(params, bad))  # plain calls stay unchecked
+
+
+def test_validation_names_a_flows_single_layer_and_its_base():
+    # Only chain and stack checked their layers: a flow of one leaf layer, or its base, went unreported.
+    leaf = jf.Flow(jf.standard_normal(2), jb.sigmoid())
+    with pytest.raises(FloatingPointError, match="inverse output of sigmoid contains NaN"):
+        jf.validation.checked(leaf.log_prob)(leaf.init(jax.random.key(0)), jnp.array([[0.5, 2.0]]))
+    wide = jf.Flow(jf.diagonal_normal(2), jb.affine(2))
+    params = wide.init(jax.random.key(0))
+    params["base"]["log_scale"] = jnp.array([1000.0, 0.0])
+    with pytest.raises(FloatingPointError, match="sample output of base diagonal_normal contains NaN"):
+        jf.validation.checked(wide.sample_and_log_prob)(params, jax.random.key(1), (2,))
+
+
+def test_sample_shapes_must_be_static_under_jit():
+    flow = jf.Flow(jf.standard_normal(2), jb.affine(2))
+    params = flow.init(jax.random.key(0))
+    for shape in ((8,), 8):  # a raw TracerArrayConversionError, or "got (JitTracer(...),)", before
+        with pytest.raises(ValueError, match=r"shape must be static .* static_argnames=.shape."):
+            jax.jit(flow.sample)(params, jax.random.key(1), shape)
+    assert jax.jit(flow.sample, static_argnames="shape")(params, jax.random.key(1), (8,)).shape == (8, 2)
+
+
+def test_diagonal_normal_params_that_would_broadcast_are_refused():
+    # A scalar log_scale broadcast in the density but counted once in the normaliser: silently wrong.
+    base = jf.diagonal_normal(4)
+    for params in ({"loc": jnp.zeros(4), "log_scale": jnp.log(2.0)}, {"loc": jnp.zeros(()), "log_scale": jnp.zeros(4)}):
+        with pytest.raises(ValueError, match=r"diagonal_normal: params\['\w+'\] should have shape \(4,\)"):
+            base.log_prob(params, jnp.zeros(4))
+        with pytest.raises(ValueError, match=r"diagonal_normal: params\['\w+'\] should have shape \(4,\)"):
+            base.sample(params, jax.random.key(0))
+
+
 def test_validation_of_nested_stacks_names_both_layers_in_either_order():
     inner = jf.stack(jf.chain(jb.affine(2), jb.affine(2)), 3, name="inner")
     outer = jf.stack(inner, 2, name="outer")

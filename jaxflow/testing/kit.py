@@ -18,6 +18,8 @@ def default_tolerance(dtype) -> float:
 
 def _close(name, actual, expected, tol):
     actual, expected = np.asarray(actual, np.float64), np.asarray(expected, np.float64)
+    if not np.all(np.isfinite(expected)):  # e.g. a singular autodiff Jacobian: nothing to compare with
+        raise AssertionError(f"{name}: the reference is not finite (expected={expected}); is the Jacobian singular?")
     error = np.max(np.abs(actual - expected) / (1.0 + np.abs(expected)), initial=0.0)
     if not np.all(np.isfinite(actual)) or error > tol:
         raise AssertionError(
@@ -29,6 +31,11 @@ def _finite(name, tree):
     for path, leaf in jax.tree_util.tree_leaves_with_path(tree):
         if not np.all(np.isfinite(np.asarray(leaf))):
             raise AssertionError(f"{name}: non-finite values at {jax.tree_util.keystr(path)}")
+
+
+def _check_scalar(label, log_det):
+    if jnp.shape(log_det) != ():
+        raise AssertionError(f"{label}: log_det must be a scalar, got shape {jnp.shape(log_det)}")
 
 
 def _same_dtype(label, dtype, outputs):
@@ -62,7 +69,7 @@ def _contract_values(bijector, params, x, batch, context, key, check_jacobian, c
     def loss(direction, p, v):  # a scalar reading every output entry and the log-det
         out, log_det = transform(bijector, direction, p, v, context, key)
         weights = jax.random.normal(jax.random.key(2), out.shape, out.dtype)  # a constant
-        return jnp.vdot(weights, out) + log_det
+        return jnp.vdot(weights, out) + jnp.sum(log_det)  # summed: a non-scalar log-det is reported, not raised
 
     # In float64 the gradients are taken in the event's dtype, which the layers compute in, so
     # that neither float32 params nor their moves in the central differences round the slopes.
@@ -81,6 +88,7 @@ def _contract_values(bijector, params, x, batch, context, key, check_jacobian, c
         "batch": jax.vmap(forward)(batch),
         "gradients": {"forward": gradients("forward", x), "inverse": gradients("inverse", y)},
     }
+    values["batch_back"] = jax.vmap(inverse)(values["batch"][0])  # the direction Flow.log_prob maps
     if check_jacobian:
         values["forward_reference"] = _jacobian_log_det(lambda v: forward(v)[0], x)
         values["inverse_reference"] = _jacobian_log_det(lambda v: inverse(v)[0], y)
@@ -149,15 +157,15 @@ def check_bijector(
 ) -> None:
     """Raises AssertionError unless `bijector` meets the jaxflow contract at `x`.
 
-    Checks: forward output and log-det are finite, the log-det a scalar; both directions'
+    Checks: forward output and log-det are finite, both log-dets scalars; both directions'
     outputs and log-dets (also under vmap) keep the input's dtype; the round trips
     `inverse(forward(x)) = x` and `forward(inverse(y)) = y`; forward and inverse log-dets
     cancel; both log-dets match `slogdet(jacfwd(...))` (skip with `check_jacobian=False` for
     large events); jit equals eager, and in float64 the eager inverse round-trips as the
-    jitted one does; vmap over a batch equals one call per row; gradients with respect to
-    params and inputs are finite, and, in float64 for a deterministic bijector, match
-    central differences along a random direction (a wrong custom derivative passes every
-    other check).
+    jitted one does; vmap over a batch equals one call per row, and the inverse under vmap
+    round-trips every row; gradients with respect to params and inputs are finite, and, in
+    float64 for a deterministic bijector, match central differences along a random direction
+    (a wrong custom derivative passes every other check).
 
     Args:
       bijector: the bijector under test.
@@ -187,8 +195,7 @@ def _check(bijector, params, x, context, key, tol, log_det_tol, check_jacobian):
 
     y, log_det = transform(bijector, "forward", params, x, context, key)  # eager
     _finite(f"{label} forward", (y, log_det))
-    if jnp.shape(log_det) != ():
-        raise AssertionError(f"{label}: log_det must be a scalar, got shape {jnp.shape(log_det)}")
+    _check_scalar(f"{label} forward", log_det)
     _same_dtype(label, x.dtype, {"forward y": y, "forward log_det": log_det})
 
     batch = jnp.stack([x, 0.5 * x, jnp.roll(x.reshape(-1), 1).reshape(x.shape)])
@@ -203,6 +210,7 @@ def _check(bijector, params, x, context, key, tol, log_det_tol, check_jacobian):
     _close(f"{label} jit forward log_det == eager", values["log_det"], log_det, tol)
 
     inverse_log_det = values["inverse_log_det"]
+    _check_scalar(f"{label} inverse", inverse_log_det)
     if x.dtype == jnp.float64:
         # The eager inverse round-trips too. Only in float64: in float32 an expanding inverse
         # amplifies the eager and jitted programs' different rounding past the tolerance.
@@ -218,9 +226,12 @@ def _check(bijector, params, x, context, key, tol, log_det_tol, check_jacobian):
         _close(f"{label} inverse log_det vs slogdet(jacfwd)", inverse_log_det, values["inverse_reference"], log_det_tol)
 
     batch_y, batch_log_det = values["batch"]
+    batch_back, batch_inverse_log_det = values["batch_back"]
     for i in range(batch.shape[0]):
         _close(f"{label} vmap forward row {i}", batch_y[i], values["row_y"][i], tol)
         _close(f"{label} vmap forward log_det row {i}", batch_log_det[i], values["row_log_det"][i], tol)
+        _close(f"{label} vmap inverse(forward(x)) row {i}", batch_back[i], batch[i], tol)
+        _close(f"{label} vmap inverse log_det row {i}", batch_inverse_log_det[i], -batch_log_det[i], tol)
 
     for direction in ("forward", "inverse"):
         _finite(f"{label} {direction} gradients (params, input)", values["gradients"][direction])
