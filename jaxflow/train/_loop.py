@@ -182,9 +182,11 @@ def _history_from(previous: dict | None, num_steps: int) -> tuple[int, dict]:
     return done, history
 
 
-def origin_of(fit: str, flow) -> str:
-    """What a fit's checkpoints record of the run: the fit, and the flow's layers (by name) and base."""
-    return f"{fit} of {flow.bijector.name} on a {flow.base.name} base"
+def origin_of(fit: str, flow, problem: str | None = None) -> str:
+    """What a fit's checkpoints record of the run: the fit, the flow's layers (by name) and base, and
+    the problem fitted (its data, target or teacher), which `jaxflow.checkpoint` reads after ", data "."""
+    run = f"{fit} of {flow.bijector.name} on a {flow.base.name} base"
+    return run if problem is None else f"{run}, data {problem}"
 
 
 def data_record(*arrays) -> str:

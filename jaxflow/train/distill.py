@@ -147,7 +147,9 @@ def fit(
         init_state(student_params, optimizer),
         num_steps,
         key=key,
-        origin=_origin(student, teacher, teacher_params, contexts, checkpoint_dir),
+        origin=_loop.origin_of(
+            "distill.fit", student, None if checkpoint_dir is None else _problem(teacher, teacher_params, contexts)
+        ),
         checkpoint_dir=checkpoint_dir,
         checkpoint_every=checkpoint_every,
         mesh=mesh,
@@ -160,15 +162,10 @@ def fit(
     return state.params, history
 
 
-def _origin(student, teacher, teacher_params, contexts, checkpoint_dir) -> str:
-    """The checkpoints' origin: the fit and student, and (with checkpoints) the teacher and contexts it fits."""
-    origin = _loop.origin_of("distill.fit", student)
-    if checkpoint_dir is None:
-        return origin
-    teacher_record = f"teacher {teacher.bijector.name} params blake2b {_loop.digest(*jax.tree.leaves(teacher_params))}"
-    if contexts is not None:
-        teacher_record += f", contexts {_loop.data_record(contexts)}"
-    return f"{origin}, data {teacher_record}"
+def _problem(teacher, teacher_params, contexts) -> str:
+    """What the checkpoints record of the problem: the teacher (layer names, a hash of its params), the contexts."""
+    record = f"teacher {teacher.bijector.name} params blake2b {_loop.digest(*jax.tree.leaves(teacher_params))}"
+    return record if contexts is None else f"{record}, contexts {_loop.data_record(contexts)}"
 
 
 def _draw_rows(key, contexts, num_samples):

@@ -157,9 +157,8 @@ def fit(
 
     tracker = None if valid is None else _BestOnValidation(flow, valid, patience, batch_size, validation_key)
     state, history = init_state(params, optimizer), None
-    origin = _loop.origin_of("forward_kl.fit", flow)
-    if checkpoint_dir is not None:  # a resumed run must see the same data
-        origin += f", data {_loop.data_record(data, context, validation_data, validation_context)}"
+    fitted = (data, context, validation_data, validation_context)  # a resumed run must see the same data
+    origin = _loop.origin_of("forward_kl.fit", flow, None if checkpoint_dir is None else _loop.data_record(*fitted))
     snapshot = _loop.resume(checkpoint_dir, key, state, extra=None if tracker is None else state.params, origin=origin)
     if snapshot is not None:
         state, history = snapshot.state, snapshot.history

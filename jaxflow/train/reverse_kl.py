@@ -193,7 +193,10 @@ def fit(
         init_state(params, optimizer),
         num_steps,
         key=key,
-        origin=_origin(flow, log_target, objective, num_importance, schedule, checkpoint_dir),
+        origin=_loop.origin_of(
+            "reverse_kl.fit", flow,
+            None if checkpoint_dir is None else _problem(flow, log_target, objective, num_importance, schedule),
+        ),
         checkpoint_dir=checkpoint_dir,
         checkpoint_every=checkpoint_every,
         mesh=mesh,
@@ -211,21 +214,18 @@ _PROBE_STEPS = (0, 10, 100, 1000, 10_000)  # where a checkpoint's origin records
 _NUM_PROBES = 4  # fixed points where it records the target's values
 
 
-def _origin(flow, log_target, objective, num_importance, schedule, checkpoint_dir) -> str:
-    """The checkpoints' origin: the fit and flow, and (with checkpoints) the problem it solves.
+def _problem(flow, log_target, objective, num_importance, schedule) -> str:
+    """What the checkpoints record of the problem: the target, the objective and the annealing.
 
-    The problem is the target's values at fixed points (to 3 significant digits, so that a
-    run resumed on other hardware matches), the objective and the annealing schedule.
+    The target by its values at fixed points, to 3 significant digits so that a run resumed on
+    other hardware matches; the annealing by beta at fixed steps.
     """
-    origin = _loop.origin_of("reverse_kl.fit", flow)
-    if checkpoint_dir is None:
-        return origin
     probes = jax.random.normal(jax.random.key(0), (_NUM_PROBES, *flow.event_shape))
     values = jax.jit(lambda x: _log_density(log_target, x, flow.event_shape))(probes)
     rounded = np.array([float(f"{value:.3g}") for value in np.asarray(values, np.float64)])
     betas = " ".join(f"{float(schedule(step)):.3g}" for step in _PROBE_STEPS)
     how = objective if objective == "elbo" else f"iwae of {num_importance}"
-    return f"{origin}, data target blake2b {_loop.digest(rounded)}, {how}, beta {betas}"
+    return f"target blake2b {_loop.digest(rounded)}, {how}, beta {betas}"
 
 
 def _log_density(log_target, x, event_shape):
