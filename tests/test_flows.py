@@ -173,22 +173,20 @@ def test_bad_widths_and_context_dims_are_refused_at_build_time(build, message):
         build()
 
 
-class _NnxTwoLayer:
-    """A user's nnx network for a coupling's conditioner (made lazily: flax.nnx imports on first use)."""
+def _nnx_two_layer(in_dim, out_dim, rngs, dropout=False):
+    """A user's nnx network for a coupling's conditioner (flax.nnx imported here, on first use)."""
+    from flax import nnx
 
-    def __new__(cls, in_dim, out_dim, rngs, dropout=False):
-        from flax import nnx
+    class TwoLayer(nnx.Module):
+        def __init__(self):
+            self.hidden = nnx.Linear(in_dim, 8, rngs=rngs)
+            self.out = nnx.Linear(8, out_dim, rngs=rngs)
+            self.dropout = nnx.Dropout(0.1, rngs=rngs) if dropout else None
 
-        class TwoLayer(nnx.Module):
-            def __init__(self):
-                self.hidden = nnx.Linear(in_dim, 8, rngs=rngs)
-                self.out = nnx.Linear(8, out_dim, rngs=rngs)
-                self.dropout = nnx.Dropout(0.1, rngs=rngs) if dropout else None
+        def __call__(self, h):
+            return self.out(jnp.tanh(self.hidden(h)))
 
-            def __call__(self, h):
-                return self.out(jnp.tanh(self.hidden(h)))
-
-        return TwoLayer()
+    return TwoLayer()
 
 
 @pytest.mark.parametrize("adapter", ["linen", "nnx"])
@@ -200,7 +198,8 @@ def test_a_users_own_module_drives_a_coupling_that_passes_the_kit(adapter):
     def network(in_dim, out_dim, context_dim=None):
         if adapter == "linen":
             return from_linen(MLP((8,), out_dim), in_dim, context_dim=context_dim)
-        return from_nnx(lambda rngs: _NnxTwoLayer(in_dim + (context_dim or 0), out_dim, rngs), context_dim=context_dim)
+        width = in_dim + (context_dim or 0)  # the module takes concat(h, context)
+        return from_nnx(lambda rngs: _nnx_two_layer(width, out_dim, rngs), context_dim=context_dim)
 
     layer = coupling(4, transformers.affine(), context_dim=2, conditioner=network)
     params = perturbed_params(layer, jax.random.key(0), 0.3)
@@ -211,7 +210,7 @@ def test_a_users_own_module_drives_a_coupling_that_passes_the_kit(adapter):
 def test_nnx_modules_with_state_besides_params_are_refused():
     # Dropout's RNG streams were returned as params (uint32 and key leaves: jax.grad refused them).
     with pytest.raises(ValueError, match=r"from_nnx: the module holds state besides nnx.Param \(RngCount, RngKey\)"):
-        from_nnx(lambda rngs: _NnxTwoLayer(3, 2, rngs, dropout=True))
+        from_nnx(lambda rngs: _nnx_two_layer(3, 2, rngs, dropout=True))
 
 
 def test_actnorm_data_init_refuses_degenerate_batches():
