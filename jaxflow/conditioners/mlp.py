@@ -127,7 +127,8 @@ def from_nnx(make_module: Callable, *, context_dim: int | None = None) -> Condit
     context_dim = check_context_dim("from_nnx", context_dim)
     graphdef, _, other_state = nnx.split(nnx.eval_shape(lambda: make_module(nnx.Rngs(0))), nnx.Param, ...)
     if jax.tree.leaves(other_state):
-        kinds = sorted({type(v).__name__ for v in jax.tree.leaves(other_state, is_leaf=_is_nnx_variable)})
+        variables = jax.tree.leaves(other_state, is_leaf=lambda leaf: isinstance(leaf, nnx.Variable))
+        kinds = sorted({type(variable).__name__ for variable in variables})
         raise ValueError(
             f"from_nnx: the module holds state besides nnx.Param ({', '.join(kinds)}); a conditioner is a function of "
             "its params and input alone: build the module without dropout or batch statistics."
@@ -142,9 +143,3 @@ def from_nnx(make_module: Callable, *, context_dim: int | None = None) -> Condit
         return nnx.merge(graphdef, params)(_joined(h, context))
 
     return Conditioner(init, apply)
-
-
-def _is_nnx_variable(leaf) -> bool:
-    from flax import nnx
-
-    return isinstance(leaf, nnx.Variable)

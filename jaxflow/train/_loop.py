@@ -191,8 +191,8 @@ def origin_of(fit: str, flow, problem: str | None = None) -> str:
 
 def data_record(*arrays) -> str:
     """dtype[shape] of each array given (None skipped) and a hash of their bytes, for an origin."""
-    described = [f"{np.asarray(array).dtype}{list(np.shape(array))}" for array in arrays if array is not None]
-    return f"{' '.join(described)} blake2b {digest(*arrays)}"
+    arrays = [np.asarray(array) for array in arrays if array is not None]  # one host copy each
+    return f"{' '.join(f'{array.dtype}{list(array.shape)}' for array in arrays)} blake2b {digest(*arrays)}"
 
 
 def digest(*arrays) -> str:
