@@ -20,12 +20,12 @@ demo: $(STAMP)
 # Two precision passes, each a fresh set of processes (see tests/conftest.py): float32, then the
 # tests that need float64.
 test: $(STAMP)
-	$(PY) -m pytest -n 2 --dist loadgroup -q
-	JAX_ENABLE_X64=1 $(PY) -m pytest -n 2 --dist loadgroup -q
+	$(PY) -m pytest -n 2 -q
+	JAX_ENABLE_X64=1 $(PY) -m pytest -n 2 -q
 
 test-slow: $(STAMP)
-	$(PY) -m pytest -n 2 --dist loadgroup -q -m slow
-	JAX_ENABLE_X64=1 $(PY) -m pytest -n 2 --dist loadgroup -q -m slow
+	$(PY) -m pytest -n 2 -q -m slow
+	JAX_ENABLE_X64=1 $(PY) -m pytest -n 2 -q -m slow
 
 bench: $(STAMP)
 	$(PY) -m benchmarks.compile_depth --out results/compile_depth.json

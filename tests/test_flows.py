@@ -213,6 +213,26 @@ def test_nnx_modules_with_state_besides_params_are_refused():
         from_nnx(lambda rngs: _nnx_two_layer(3, 2, rngs, dropout=True))
 
 
+def test_linen_modules_with_state_or_random_streams_are_refused():
+    import flax.linen as nn
+
+    class Normalised(nn.Module):
+        @nn.compact
+        def __call__(self, h):  # running statistics: a second collection beside params
+            return nn.BatchNorm(use_running_average=True)(nn.Dense(2)(h))
+
+    class Dropped(nn.Module):
+        @nn.compact
+        def __call__(self, h):  # a dropout stream: flax asked for rngs at the first call
+            return nn.Dropout(0.1, deterministic=False)(nn.Dense(2)(h))
+
+    with pytest.raises(ValueError, match=r"the module needs state besides params \(collections batch_stats\)"):
+        from_linen(Normalised(), 3).init(jax.random.key(0))
+    dropped = from_linen(Dropped(), 3)
+    with pytest.raises(ValueError, match=r"from_linen: the module needs random numbers when applied"):
+        jax.jit(dropped.apply)(dropped.init(jax.random.key(0)), jnp.ones(3))
+
+
 def test_actnorm_data_init_refuses_degenerate_batches():
     layer = actnorm(3)
     params = layer.init(jax.random.key(0))

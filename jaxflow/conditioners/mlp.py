@@ -17,6 +17,7 @@ import functools
 from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
+import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -76,7 +77,8 @@ def from_linen(module: nn.Module, in_shape, *, context_dim: int | None = None) -
     """Wraps a linen module taking one input array; the context is concatenated to a flat input.
 
     The module's own initialisers draw the params: a fresh layer on it is the identity only if
-    its last layer starts at zero (as `mlp`'s does).
+    its last layer starts at zero (as `mlp`'s does). Like `from_nnx`, it refuses modules with
+    variables outside "params" (batch statistics; at init) or random streams (dropout; when called).
 
     Args:
       module: maps h (or concat(h, context) flattened, when conditional) to raw params.
@@ -91,13 +93,26 @@ def from_linen(module: nn.Module, in_shape, *, context_dim: int | None = None) -
         example = _joined(example, jnp.zeros(context_shape))
 
     def init(key):
-        return module.init(key, example)
+        variables = module.init(key, example)
+        if set(variables) != {"params"}:
+            _refuse_impure_linen(f"state besides params (collections {', '.join(sorted(set(variables) - {'params'}))})")
+        return variables
 
     def apply(params, h, context=None):
         context = check_context("conditioner", context, context_shape)
-        return module.apply(params, _joined(h, context))
+        try:
+            return module.apply(params, _joined(h, context))
+        except flax.errors.InvalidRngError:
+            _refuse_impure_linen("random numbers when applied (a dropout stream)")
 
     return Conditioner(init, apply)
+
+
+def _refuse_impure_linen(needs: str):
+    raise ValueError(
+        f"from_linen: the module needs {needs}; a conditioner is a function of its params and input alone: "
+        "build the module without dropout or batch statistics."
+    )
 
 
 def mlp(
