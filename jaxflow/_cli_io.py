@@ -3,7 +3,8 @@
 A text table is comma-separated (.csv), tab-separated (.tsv), or either comma- or
 whitespace-separated (.txt, as `np.savetxt` writes by default): whitespace when its
 first non-blank line has no comma. It may have a header row: it has one when no cell
-of its first non-blank line is a number. Columns are chosen by a `ColumnChooser`,
+of its first non-blank line is a number (in a .txt, after the "#" `np.savetxt` writes
+before a header). Columns are chosen by a `ColumnChooser`,
 `(header or None, width) -> (indices, names or None)`, so that only the chosen
 columns need to be numeric (an id or label column may stay text).
 """
@@ -78,6 +79,11 @@ def columns_like(names: list[str] | None, indices: list[int], width: int) -> Col
     def choose(header, file_width):
         if header is not None and names is not None:
             return _named_columns(names, header), names
+        if file_width == len(indices) == width and indices != list(range(width)):
+            raise CliError(
+                f"the file has {file_width} columns, as the training file had, but the run took them in another order "
+                f"({described}): the file may hold them in either order; give it a header naming them"
+            )
         if file_width == len(indices):
             return list(range(file_width)), header
         if file_width == width:
@@ -127,9 +133,10 @@ def atomic_write(path, write: Callable) -> None:
         with open(partial, "wb") as f:
             write(f)
         os.replace(partial, path)
-    except OSError as error:
+    except (OSError, RuntimeError) as error:  # RuntimeError: a figure format whose tool is missing (pgf: LaTeX)
+        raise CliError(f"{path}: cannot write ({getattr(error, 'strerror', None) or error})") from None
+    finally:
         partial.unlink(missing_ok=True)
-        raise CliError(f"{path}: cannot write ({error.strerror or error})") from None
 
 
 def pairs_figure(samples: np.ndarray, data: np.ndarray | None, labels: Sequence[str], seed: int):
@@ -202,6 +209,8 @@ def _read_text(path, choose) -> Table:
     lines, rows = _nonblank_rows(path)
     if not rows:
         raise CliError(f"{path} is empty: no rows")
+    if path.suffix.lower() == ".txt" and rows[0][0].startswith("#"):  # np.savetxt(..., header=...) writes "# a b"
+        rows[0] = [cell for cell in [rows[0][0].lstrip("#").strip(), *rows[0][1:]] if cell]
     header = rows[0] if not any(_is_number(cell) for cell in rows[0]) else None
     if header is not None:
         lines, rows = lines[1:], rows[1:]
@@ -286,6 +295,9 @@ def _column_indices(tokens: list[str], header, width) -> list[int]:
     missing = [token for token, index in zip(tokens, indices) if index is None]
     if missing:
         raise CliError(_missing_columns_message(missing, header, width))
+    twice = [token for token, index in zip(tokens, indices) if indices.count(index) > 1]
+    if twice:
+        raise CliError(f"--columns {', '.join(twice)} name the same column; choose each column once")
     return indices
 
 

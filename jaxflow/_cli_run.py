@@ -198,14 +198,24 @@ def stage(out, config: dict) -> Staged | None:
     candidates += [folder for folder in _leftovers(out) if _same_run(folder, config)]
     directory = out.with_name(f"{out.name}.tmp-{os.getpid()}")
     best = max(candidates, key=_checkpoint_step, default=None)
-    if best is None:
-        directory.mkdir(parents=True)
-    elif best == out:
-        shutil.copytree(out, directory)
-    else:
-        os.rename(best, directory)
+    step = -1 if best is None else _checkpoint_step(best)
+    if step > config["budget"]["num_steps"]:
+        raise CliError(
+            f"{best} holds this run at step {step}, beyond --steps {config['budget']['num_steps']}: give --steps "
+            f"{step} or more to go on from there, or delete {best} to start again"
+        )
+    try:
+        if directory.exists() and best != directory:  # this process's pid, left by a killed run before a restart
+            shutil.rmtree(directory)
+        if best is None:
+            directory.mkdir(parents=True)
+        elif best == out:
+            shutil.copytree(out, directory)
+        else:
+            os.rename(best, directory)
+    except OSError as error:
+        raise CliError(f"{out}: cannot create the run's folder ({error.strerror or error})") from None
     write_json(directory / CONFIG, config)
-    step = _checkpoint_step(directory)
     return Staged(directory, None if step < 0 else step)
 
 

@@ -177,6 +177,7 @@ def test_bad_input_gives_one_line_errors(resumed, data, tmp_path):
 
 def test_bad_numbers_and_header_names_give_one_line_errors(resumed, data, tmp_path, capsys):
     """More bad input, run in this process: each case ends before any fitting, and a subprocess costs seconds."""
+    from jaxflow import _cli_run as runs
     from jaxflow.cli import main
 
     twice_x = write_csv(tmp_path / "twice_x.csv", "x,x", ["1,2", "3,4", "5,7"])
@@ -188,10 +189,19 @@ def test_bad_numbers_and_header_names_give_one_line_errors(resumed, data, tmp_pa
         np.savez(file, x=np.ones((3, 2)))
     huge = write_csv(tmp_path / "huge.csv", "x,y", ["1.7e308,1", "-1.7e308,2", "-1.7e308,3"])
     earlier, second = tmp_path / "earlier_run", tmp_path / "second_run"  # run directories of formats 1 and 2
-    for directory, run_format in [(earlier, "jaxflow-run"), (second, "jaxflow-run-2")]:
+    swapped = tmp_path / "swapped_run"  # fit on both columns of a headerless file, taken as --columns 1,0
+    for directory, changes in [
+        (earlier, {"format": "jaxflow-run"}), (second, {"format": "jaxflow-run-2"}),
+        (swapped, {"columns": {"names": None, "indices": [1, 0], "file_width": 2}}),
+    ]:
         shutil.copytree(resumed[0], directory)
         config = json.loads((directory / "config.json").read_text())
-        (directory / "config.json").write_text(json.dumps(config | {"format": run_format}))
+        (directory / "config.json").write_text(json.dumps(config | changes))
+    two_columns = write_csv(tmp_path / "two.csv", None, ["1,2", "3,4"])  # was read as the run's order, unswapped
+    dead_pid = next(pid for pid in range(4_000_000, 4_100_000) if not runs._is_running(pid))
+    short_fit = [*resumed[1][:-3], "--out", tmp_path / "short", "--steps", 5, "--no-progress"]  # the same, 5 steps
+    shutil.copytree(resumed[0], tmp_path / f"short.tmp-{dead_pid}")  # a killed fit of it, beyond 5 steps
+    last_step = max(checkpoint_steps(resumed[0].name, resumed[0].parent))
     cases = {
         "was written by an earlier jaxflow (run format 'jaxflow-run'": [
             "sample", earlier, "-n", 5, "-o", tmp_path / "s.npy"
@@ -216,6 +226,14 @@ def test_bad_numbers_and_header_names_give_one_line_errors(resumed, data, tmp_pa
         "invalid choice: 'glow'": ["fit", data[0], "--flow", "glow", *out],
         "--validation 0.001 holds out none of the 500 rows": [
             "fit", data[0], "--columns", "0,2", "--validation", 0.001, "--patience", 2, *out
+        ],
+        "--columns b, 2 name the same column; choose each column once": ["fit", data[0], "--columns", "b,2", *out],
+        "two.csv: the file has 2 columns, as the training file had, but the run took them in another order": [
+            "log-prob", swapped, two_columns, "-o", tmp_path / "x.npy"
+        ],
+        f"short.tmp-{dead_pid} holds this run at step {last_step}, beyond --steps 5: give --steps": short_fit,
+        "data.csv/run: cannot create the run's folder (Not a directory)": [
+            "fit", data[0], "--columns", "0,2", "--steps", 5, "--out", data[0] / "run"
         ],
     }
     for expected, args in cases.items():
@@ -262,3 +280,25 @@ def test_standardisation_holds_columns_of_any_magnitude_and_leftovers_of_any_nam
     dead_pid = next(pid for pid in range(4_000_000, 4_100_000) if not runs._is_running(pid))
     (tmp_path / f"r[1].tmp-{dead_pid}").mkdir()  # glob characters in the run's name
     assert runs._leftovers(tmp_path / "r[1]") == [tmp_path / f"r[1].tmp-{dead_pid}"]
+
+
+def test_a_txt_table_reads_the_header_np_savetxt_writes(tmp_path):
+    from jaxflow._cli_io import columns_from_option, read_table
+
+    values = np.arange(6.0).reshape(3, 2)
+    np.savetxt(tmp_path / "t.txt", values, header="x y")  # "# x y": the "#" was read as a third column
+    table = read_table(tmp_path / "t.txt", columns_from_option("y"))
+    assert table.names == ["y"] and table.width == 2
+    np.testing.assert_array_equal(table.values, values[:, 1:])
+
+
+def test_a_failed_write_leaves_no_temporary_file(tmp_path):
+    from jaxflow._cli_io import CliError, atomic_write
+
+    def write(file):  # as matplotlib does for .pgf without LaTeX
+        file.write(b"partial")
+        raise RuntimeError("'xelatex' not found")
+
+    with pytest.raises(CliError, match=r"figure.pgf: cannot write \('xelatex' not found\)"):
+        atomic_write(tmp_path / "figure.pgf", write)
+    assert list(tmp_path.iterdir()) == []
