@@ -45,6 +45,9 @@ NOISE_FLOW_NAME = "dequantization_noise"  # the bijector name that marks a noise
 def uniform_dequantize(key, x, num_levels: int, dtype=None):
     """(x + u) / num_levels with u ~ U[0, 1) of x's shape: integer data lifted into [0, 1).
 
+    Each value stays in its cell [x / L, (x + 1) / L) after rounding; a dtype too coarse for
+    L cells (bfloat16 or float16 at L = 256) is refused.
+
     Args:
       key: PRNG key.
       x: integer array with values in [0, num_levels).
@@ -162,9 +165,16 @@ def bits_per_dim(log_likelihood, num_dims: int):
 
 
 def _lift(x, u, num_levels):
-    """(x + u) / L, kept below 1: rounding takes (L - 1 + u) / L to 1 for u close enough to 1."""
-    y = (x + u) / num_levels
-    return jnp.minimum(y, jnp.nextafter(jnp.ones((), y.dtype), jnp.zeros((), y.dtype)))
+    """(x + u) / L, kept in x's cell [x / L, (x + 1) / L): rounding takes x + u to x + 1 for u close enough to 1."""
+    dtype = u.dtype
+    if jnp.finfo(dtype).eps * num_levels > 1 / 16:  # fewer than 32 floats in the cells just below 1
+        raise ValueError(
+            f"dequantization: {jnp.dtype(dtype).name} cannot resolve {num_levels} levels (cells of width "
+            f"1/{num_levels} hold too few of its values to draw noise in); use float32."
+        )
+    x = x.astype(dtype)
+    low, high = x / num_levels, jnp.nextafter((x + 1) / num_levels, jnp.zeros((), dtype))
+    return jnp.clip((x + u) / num_levels, low, high)
 
 
 def _noise_and_log_det_keys(model_flow, key):

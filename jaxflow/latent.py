@@ -121,14 +121,23 @@ def sample_with_temperature(flow: Flow, params, key, num_samples, temperature: f
     base density raised to the power 1 / T^2, renormalised. `num_samples` is a count or a
     sample shape, read as `Flow.sample` reads its shape (with per-sample contexts, () means one
     draw per context): the draws are (*shape, *event). `temperature` may be traced (under jit,
-    or vmapped over temperatures); it is checked to be positive when concrete.
+    or vmapped over temperatures); it is checked to be finite and positive when concrete.
     """
     if flow.base.name not in ("standard_normal", "diagonal_normal"):
         raise ValueError(f"temperature sampling needs a Gaussian base, got {flow.base.name}.")
     what = "sample_with_temperature: num_samples"
     context_batch = flow._checked_context(context, "sample_with_temperature")[1]
     shape = sample_shape(check_sample_shape(num_samples, what), context_batch, what)
-    refuse_concrete("sample_with_temperature", temperature > 0, f"temperature must be positive, got {temperature}.")
+    temperature = jnp.asarray(temperature)
+    if temperature.ndim:
+        raise ValueError(
+            f"sample_with_temperature: temperature must be a scalar, got shape {temperature.shape}; "
+            "jax.vmap over temperatures to sample several."
+        )
+    refuse_concrete(
+        "sample_with_temperature", jnp.isfinite(temperature) & (temperature > 0),
+        f"temperature must be a finite positive number, got {temperature}.",
+    )
     z, bijector_key = flow._base_draws(params, key, shape)
     loc = params["base"]["loc"] if flow.base.name == "diagonal_normal" else 0.0
     return decode(flow, params, loc + temperature * (z - loc), context, key=bijector_key)

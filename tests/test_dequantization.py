@@ -67,12 +67,16 @@ def _noise_just_below_one(key, shape, dtype):
     return jnp.full(shape, jnp.nextafter(jnp.ones((), dtype), jnp.zeros((), dtype)))
 
 
-def test_the_top_level_lifted_with_the_largest_noise_stays_below_one(monkeypatch):
+def test_every_level_lifted_with_the_largest_noise_stays_in_its_cell(monkeypatch):
     monkeypatch.setattr(jax.random, "uniform", _noise_just_below_one)
-    top = jnp.float32(255) + _noise_just_below_one(None, (), jnp.float32)
-    assert top == 256, "precondition: in float32, 255 + u rounds up to 256 for this u"
-    y = np.asarray(uniform_dequantize(jax.random.key(0), jnp.array([0, 255]), 256, jnp.float32))
-    assert np.all(y < 1) and np.all(np.floor(y * 256) == [0, 255])
+    levels = jnp.array([0, 1, 17, 100, 254, 255])
+    assert np.all(levels[1:] + _noise_just_below_one(None, (), jnp.float32) == levels[1:] + 1), (
+        "precondition: in float32, x + u rounds up to x + 1 for this u"
+    )
+    y = np.asarray(uniform_dequantize(jax.random.key(0), levels, 256, jnp.float32))
+    np.testing.assert_array_equal(np.floor(y * 256), levels)  # was [0, 2, 18, 101, 255, 255]
+    with pytest.raises(ValueError, match="float16 cannot resolve 256 levels"):
+        uniform_dequantize(jax.random.key(0), levels, 256, jnp.float16)
     model, model_params = _logit_normal_flow([0.0], [1.0])  # logit(1) is infinite: log p(1) is not finite
     bound = uniform_dequantized_log_likelihood_bound(jax.random.key(0), model, model_params, jnp.array([[255]]), 256)
     assert np.all(np.isfinite(bound))

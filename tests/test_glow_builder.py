@@ -2,6 +2,7 @@
 
 import math
 import operator
+import re
 
 import jax
 import jax.numpy as jnp
@@ -135,11 +136,22 @@ def test_looped_steps_keep_the_program_flat_in_depth_and_unrolled_ones_grow_it()
         ((8, 8, 1), dict(levels=1.0), "levels must be a positive int"),
         ((8, 8, 1), dict(steps_per_level=0), "steps_per_level must be a positive int"),
         ((8, 8, 1), dict(coupling="spline"), r"coupling must be one of \['additive', 'affine'\], got 'spline'"),
+        ((8.5, 8, 1), {}, r"expected a shape of whole sizes, got \(8.5, 8, 1\)"),  # was truncated to (8, 8, 1)
     ],
 )
 def test_bad_configurations_raise_clear_errors(shape, options, message):
     with pytest.raises(ValueError, match=message):
         glow(shape, **options)
+
+
+@pytest.mark.parametrize("batch_shape", [(8, 16), (4, 4, 1), (8, 1, 4, 4)])
+def test_data_init_names_the_batch_shape_it_expected_and_got(batch_shape):
+    """It named one squeeze's event, a shape the caller never passed, and advised jax.vmap."""
+    flow = glow((4, 4, 1), levels=1, steps_per_level=1, hidden_channels=4, num_blocks=0)
+    params = flow.init(jax.random.key(0))["bijector"]
+    expected = f"expected a data batch of shape (batch, *event_shape) = (batch, 4, 4, 1), got shape {batch_shape}"
+    with pytest.raises(ValueError, match=re.escape(expected)):
+        jaxflow.initialize_from_data(flow.bijector, params, jnp.ones(batch_shape))
 
 
 def test_a_few_training_steps_reduce_the_loss():

@@ -387,3 +387,22 @@ def test_normal_bases_agree_with_distrax(dtype):
     diagonal = jax.vmap(jf.diagonal_normal(DIM).log_prob, in_axes=(None, 0))(params, x)
     reference = distrax.MultivariateNormalDiag(params["loc"], jnp.exp(params["log_scale"]))
     _close(diagonal, reference.log_prob(x), RTOL[dtype])
+
+
+def test_adapters_refuse_a_bijector_that_changes_the_event_shape():
+    """numpyro reshaped squeeze's output into the input's layout without a word; distrax's inverse failed."""
+    from jaxflow.interop.numpyro import BijectorTransform
+
+    squeeze = jb.squeeze((4, 4, 1))
+    message = r"squeeze maps events of shape \(4, 4, 1\) to shape \(2, 2, 4\); the adapter needs a bijector that keeps"
+    with pytest.raises(ValueError, match="to_distrax_bijector: " + message):
+        to_distrax_bijector(squeeze, (), event_shape=(4, 4, 1))
+    with pytest.raises(ValueError, match="BijectorTransform: " + message):
+        BijectorTransform(squeeze, (), (4, 4, 1))
+
+
+def test_to_distrax_distribution_refuses_a_batch_of_contexts():
+    """Densities worked, then sampling failed naming a shape (1,) the user never passed."""
+    flow = jf.Flow(jf.standard_normal(2), jb.affine_coupling(2, hidden=(4,), context_dim=3), (3,))
+    with pytest.raises(ValueError, match=r"pass one context of shape \(3,\), shared by every sample, got a batch"):
+        to_distrax_distribution(flow, flow.init(jax.random.key(0)), context=jnp.zeros((5, 3)))

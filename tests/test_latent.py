@@ -165,8 +165,11 @@ def test_temperature_can_be_traced_under_jit_and_vmap(model):
     assert batched.shape == (2, 8, 3)
     np.testing.assert_allclose(batched[1], sample(1.0), rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(jax.jit(sample)(0.5), sample(0.5), rtol=1e-5, atol=1e-5)
-    with pytest.raises(ValueError, match="positive, got nan"):
-        sample(float("nan"))
+    for bad in (float("nan"), float("inf")):  # inf returned NaN draws
+        with pytest.raises(ValueError, match=f"temperature must be a finite positive number, got {bad}"):
+            sample(bad)
+    with pytest.raises(ValueError, match=r"temperature must be a scalar, got shape \(2,\); jax.vmap over"):
+        sample(jnp.array([0.5, 1.0]))  # numpy's "truth value of an array is ambiguous" before
 
 
 def test_conditional_attribute_vectors_take_each_groups_contexts():

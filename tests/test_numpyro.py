@@ -123,6 +123,9 @@ def test_bad_inputs_raise_clear_errors():
         FlowDistribution(flow, params, jnp.zeros(2))
     with pytest.raises(ValueError, match="conditional"):
         FlowDistribution(_flow(conditional=True)[0], params)
+    residual = flows.residual_flow(DIM, layers=1, hidden=(4,), log_det="russian_roulette")
+    with pytest.raises(ValueError, match=r"estimates log-dets stochastically: pass key=\.\.\. to FlowDistribution"):
+        FlowDistribution(residual, residual.init(jax.random.key(0))).log_prob(jnp.zeros(DIM))
     with pytest.raises(TypeError, match="jaxflow Flow"):
         AutoFlowGuide(_conjugate_model, flow="realnvp")
     wrong_size = jf.Flow(jf.standard_normal(5), jf.bijectors.affine(5))

@@ -26,6 +26,22 @@ def check_event(name: str, x, shape: tuple[int, ...] | None, what: str = "input"
     return x
 
 
+def check_data_batch(name: str, y, shape: tuple[int, ...]):
+    """`y` as an array after checking it is a float batch (batch, *shape) of at least 2 rows, for data init."""
+    y = check_event(name, y, None, what="data batch")
+    if y.shape[1:] != tuple(shape):
+        raise ValueError(
+            f"{name}: expected a data batch of shape (batch, *event_shape) = (batch, {', '.join(map(str, shape))}), "
+            f"got shape {y.shape}."
+        )
+    if y.shape[0] < 2:
+        raise ValueError(
+            f"{name}: data-dependent init estimates each channel's scale from the batch and needs at least "
+            f"2 rows, got shape {y.shape}."
+        )
+    return y
+
+
 def check_context(name: str, context, context_shape: tuple[int, ...] | None):
     """Conditional layers need a context of `context_shape`; unconditional ones must not get one."""
     if context_shape is None:
@@ -42,8 +58,11 @@ def check_context(name: str, context, context_shape: tuple[int, ...] | None):
 
 
 def as_shape(shape) -> tuple[int, ...]:
-    """Normalises an int or a sequence of ints to a shape tuple."""
-    return (int(shape),) if jnp.ndim(shape) == 0 else tuple(int(s) for s in shape)
+    """Normalises an int or a sequence of ints to a shape tuple; ValueError for a size that is not whole."""
+    sizes = (shape,) if jnp.ndim(shape) == 0 else tuple(shape)
+    if any(int(size) != size for size in sizes):  # int() would truncate 4.9 to 4
+        raise ValueError(f"expected a shape of whole sizes, got {shape}.")
+    return tuple(int(size) for size in sizes)
 
 
 def batch_shape_of(name: str, shape, event_shape) -> tuple[int, ...]:

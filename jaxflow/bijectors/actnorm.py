@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 
-from jaxflow.bijectors._checks import as_shape, check_event
+from jaxflow.bijectors._checks import as_shape, check_data_batch
 from jaxflow.bijectors.base import Bijector
 from jaxflow.bijectors.elementwise import affine_with_params
 
@@ -28,7 +28,7 @@ def actnorm(shape) -> Bijector:
 
     def data_init(params, y, context=None):
         del params, context
-        y = _check_batch(y, shape)
+        y = check_data_batch("actnorm", y, shape)
         axes = tuple(range(y.ndim - 1 if shape else y.ndim))  # all but the channel axis (scalar events: none)
         mean, variance = jnp.mean(y, axis=axes), jnp.var(y, axis=axes)
         constant = variance <= jnp.square(ROUNDING_SPREAD * jnp.finfo(y.dtype).eps * mean)
@@ -37,19 +37,3 @@ def actnorm(shape) -> Bijector:
         return {"shift": mean, "log_scale": log_scale}, (y - mean) * jnp.exp(-log_scale)
 
     return affine_with_params("actnorm", shape, shape[-1:])._replace(data_init=data_init)
-
-
-def _check_batch(y, shape: tuple[int, ...]):
-    """`y` as an array after checking it is a float batch of shape (batch, *shape) with at least 2 rows."""
-    y = check_event("actnorm", y, None, what="data batch")
-    if y.shape[1:] != shape:
-        raise ValueError(
-            f"actnorm: expected a data batch of shape (batch, *event_shape) = (batch, {', '.join(map(str, shape))}), "
-            f"got shape {y.shape}."
-        )
-    if y.shape[0] < 2:
-        raise ValueError(
-            f"actnorm: data-dependent init estimates each channel's scale from the batch and needs at least "
-            f"2 rows, got shape {y.shape}."
-        )
-    return y

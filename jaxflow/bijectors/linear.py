@@ -23,8 +23,9 @@ def lu_linear(shape) -> Bijector:
 
     L is unit lower-triangular, U upper-triangular with a positive diagonal
     exp(log_diag), so det W > 0 wherever exp(log_diag) is a normal float of the event's
-    dtype (|log_diag| below about 87 in float32; an eager call refuses others), and the
-    inverse is two triangular solves. Starts at the identity. Without Glow's fixed
+    dtype (|log_diag| below about 87 in float32; an eager call refuses others, while under
+    `jit` W rounds to singular there: the inverse returns NaN, which `jaxflow.validation`
+    reports, and the forward zeros a channel), and the inverse is two triangular solves. Starts at the identity. Without Glow's fixed
     permutation P in front, W ranges over the matrices whose leading principal minors
     are positive; a `permutation` layer beside it reaches the others.
 

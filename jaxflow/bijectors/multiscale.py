@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxflow.bijectors import transformers
-from jaxflow.bijectors._checks import check_event, is_positive_int
+from jaxflow.bijectors._checks import check_data_batch, check_event, is_positive_int
 from jaxflow.bijectors.base import Bijector, chain, initialize_layer, invert, maybe_keyless, stack, transform
 from jaxflow.bijectors.image import check_image_shape, glow_step, image_coupling, squeeze
 
@@ -112,7 +112,12 @@ def multiscale(
                 parts.append(image_coupling(squeezed, transformers.affine(), mask="channel", **network))
         return chain(*parts, steps, invert(squeeze(level_shape)), name=name if depth == 1 else f"level{depth}")
 
-    return level(shape, 1)
+    flow = level(shape, 1)
+
+    def data_init(params, y, context=None):  # the whole batch's shape checked here, not one squeeze's event
+        return flow.data_init(params, check_data_batch(name, y, shape), context)
+
+    return flow._replace(data_init=data_init)  # glow_step's actnorm: a data init is always there
 
 
 def _checked_levels(image_shape, levels, steps_per_level, owner: str) -> tuple[int, int, int]:

@@ -21,6 +21,7 @@ import numpy as np
 from jaxflow.bijectors._checks import as_shape, batch_shape_of, check_event
 from jaxflow.bijectors.base import Bijector, transform
 from jaxflow.distributions import Distribution, Flow
+from jaxflow.interop._shapes import check_shape_preserving
 
 
 def _check_key(bijector: Bijector, key, wrapper: str) -> None:
@@ -87,7 +88,9 @@ def to_distrax_bijector(bijector: Bijector, params, *, event_shape, context=None
     Returns:
       A `distrax.Bijector` computing `bijector.forward` / `.inverse` event by event.
     """
-    return _BijectorAsDistrax(bijector, params, as_shape(event_shape), context, key)
+    event_shape = as_shape(event_shape)
+    check_shape_preserving("to_distrax_bijector", bijector, params, event_shape, context)
+    return _BijectorAsDistrax(bijector, params, event_shape, context, key)
 
 
 class _FlowAsDistrax(distrax.Distribution):
@@ -132,6 +135,12 @@ def to_distrax_distribution(flow: Flow, params, *, context=None, key=None) -> di
     Returns:
       A `distrax.Distribution` with the flow's `event_shape` and empty batch shape.
     """
+    context_batch = flow._checked_context(context, "to_distrax_distribution")[1]
+    if context_batch:
+        raise ValueError(
+            f"to_distrax_distribution: pass one context of shape {flow.context_shape}, shared by every sample, got "
+            f"a batch of them, shape {jnp.shape(context)} (distrax draws one batch shape for all of them)."
+        )
     return _FlowAsDistrax(flow, params, context, key)
 
 

@@ -35,6 +35,7 @@ from numpyro.infer.initialization import init_to_uniform
 from jaxflow.bijectors._checks import as_shape, batch_shape_of, check_event
 from jaxflow.bijectors.base import Bijector, transform
 from jaxflow.distributions import Flow
+from jaxflow.interop._shapes import check_shape_preserving
 
 FlowOrFactory = Flow | Callable[[int], Flow]
 
@@ -97,6 +98,11 @@ class FlowDistribution(NumpyroDistribution):
         value_batch_shape = batch_shape_of("FlowDistribution", value.shape, self.event_shape)
         batch_shape = np.broadcast_shapes(value_batch_shape, self.batch_shape)
         value = jnp.broadcast_to(value, batch_shape + self.event_shape)
+        if self.flow.bijector.stochastic and self.key is None:
+            raise ValueError(
+                f"FlowDistribution: {self.flow.bijector.name} estimates log-dets stochastically: pass key=... to "
+                "FlowDistribution (numpyro's log_prob takes none)."
+            )
         return self.flow.log_prob(self.params, value, self._context_for(batch_shape), key=self.key)
 
     def _context_for(self, batch_shape):
@@ -139,7 +145,9 @@ class BijectorTransform(Transform):
                 f"BijectorTransform: {bijector.name} estimates its log-det stochastically; "
                 "numpyro transforms take no PRNG key, so only deterministic bijectors can be wrapped."
             )
-        self.bijector, self.params, self.event_shape, self.context = bijector, params, as_shape(event_shape), context
+        event_shape = as_shape(event_shape)
+        check_shape_preserving("BijectorTransform", bijector, params, event_shape, context)
+        self.bijector, self.params, self.event_shape, self.context = bijector, params, event_shape, context
 
     @property
     def domain(self) -> constraints.Constraint:

@@ -1,0 +1,20 @@
+"""The event shape both adapters' batched calls assume: a bijector that keeps it."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from jaxflow.bijectors.base import Bijector, transform
+
+
+def check_shape_preserving(adapter: str, bijector: Bijector, params, event_shape: tuple[int, ...], context) -> None:
+    """ValueError unless `bijector` maps an event of `event_shape` to one of the same shape (traced, not run)."""
+    event = jax.ShapeDtypeStruct(event_shape, jnp.float32)
+    forward = lambda p, x, c: transform(bijector, "forward", p, x, c, jax.random.key(0))  # noqa: E731
+    out = jax.eval_shape(forward, params, event, context)[0]
+    if out.shape != event_shape:
+        raise ValueError(
+            f"{adapter}: {bijector.name} maps events of shape {event_shape} to shape {out.shape}; the adapter "
+            "needs a bijector that keeps the event's shape (leave shape-changing layers such as squeeze out of it)."
+        )
