@@ -76,9 +76,10 @@ def interpolate(
             f"interpolate: pass one context of shape {flow.context_shape}, shared by the ends and the path; "
             f"got a batch of contexts, shape {jnp.shape(context)}."
         )
-    if jnp.shape(x_start) != jnp.shape(x_end):
+    x_start, x_end = jnp.asarray(x_start), jnp.asarray(x_end)
+    if x_start.shape != x_end.shape:
         raise ValueError(
-            f"interpolate: x_start and x_end must have one shape, got {jnp.shape(x_start)} and {jnp.shape(x_end)}."
+            f"interpolate: x_start and x_end must have one shape, got {x_start.shape} and {x_end.shape}."
         )
     z = encode(flow, params, jnp.stack([x_start, x_end]), context, key=key)  # (2, *batch, *event)
     t = jnp.linspace(0.0, 1.0, num_points)
@@ -110,6 +111,11 @@ def attribute_vector(flow: Flow, params, x_with, x_without, *, context_with=None
 
 def apply_attribute(flow: Flow, params, x, vector, amount: float = 1.0, context=None, *, key=None):
     """Moves a batch `x` along an attribute `vector` in latent space by `amount` and decodes it."""
+    if jnp.shape(vector) != flow.event_shape:
+        raise ValueError(
+            f"apply_attribute: vector must have the flow's event shape {flow.event_shape} (as attribute_vector "
+            f"returns it), got shape {jnp.shape(vector)}."
+        )
     z = encode(flow, params, x, context, key=key)
     return decode(flow, params, z + amount * vector, context, key=key)
 

@@ -36,7 +36,7 @@ import numpy as np
 import optax
 from jax.scipy import stats
 
-from jaxflow.bijectors._checks import check_event
+from jaxflow.bijectors._checks import check_event, is_positive_int
 
 DATA_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "posteriors"
 REFERENCE_DRAWS = DATA_DIR / "reference_draws.npz"
@@ -62,14 +62,19 @@ class Target(NamedTuple):
     labels: tuple[str, ...] = ()
 
 
+def _check_point(name, point, shape):
+    advice = "A target's log density takes one point; batch with jax.vmap."
+    return check_event(name, point, shape, what="point", advice=advice)
+
+
 def neal_funnel(dim: int = 10) -> Target:
     """Neal's funnel: v ~ N(0, 3^2), x_i | v ~ N(0, e^v) for i = 1..dim-1; coordinates (v, x_1, ...)."""
-    if int(dim) < 2:
+    if not is_positive_int(dim) or dim < 2:
         raise ValueError(f"neal_funnel needs dim >= 2 (v and at least one x), got {dim}.")
     dim = int(dim)
 
     def log_density(point):
-        point = check_event("neal_funnel", point, (dim,))
+        point = _check_point("neal_funnel", point, (dim,))
         v, x = point[0], point[1:]
         return stats.norm.logpdf(v, 0.0, 3.0) + jnp.sum(stats.norm.logpdf(x, 0.0, jnp.exp(v / 2)))
 
@@ -82,7 +87,7 @@ def banana(b: float = 0.1) -> Target:
     b = float(b)
 
     def log_density(x):
-        x = check_event("banana", x, (2,))
+        x = _check_point("banana", x, (2,))
         return stats.norm.logpdf(x[0], 0.0, 10.0) + stats.norm.logpdf(x[1], b * (x[0] ** 2 - 100.0), 1.0)
 
     return Target("banana", 2, log_density, "banana" if b == 0.1 else None, ("x1", "x2"))
@@ -99,7 +104,7 @@ def logistic_regression_breast_cancer() -> Target:
     dim = features.shape[1] + 1
 
     def log_density(coefficients):
-        coefficients = check_event("logistic_regression_breast_cancer", coefficients, (dim,))
+        coefficients = _check_point("logistic_regression_breast_cancer", coefficients, (dim,))
         logits = coefficients[0] + features @ coefficients[1:]
         log_likelihood = jnp.sum(labels * jax.nn.log_sigmoid(logits) + (1 - labels) * jax.nn.log_sigmoid(-logits))
         return jnp.sum(stats.norm.logpdf(coefficients)) + log_likelihood
@@ -121,7 +126,7 @@ def eight_schools_centered() -> Target:
     dim = num_schools + 2
 
     def log_density(x):
-        x = check_event("eight_schools_centered", x, (dim,))
+        x = _check_point("eight_schools_centered", x, (dim,))
         theta, mu, log_tau = x[:num_schools], x[num_schools], x[num_schools + 1]
         tau = jnp.exp(log_tau)
         log_prior = stats.norm.logpdf(mu, 0.0, 5.0) + _half_cauchy_logpdf(tau, 5.0) + log_tau
@@ -145,7 +150,7 @@ def ark() -> Target:
     dim = order + 2
 
     def log_density(x):
-        x = check_event("ark", x, (dim,))
+        x = _check_point("ark", x, (dim,))
         alpha, beta, log_sigma = x[0], x[1 : order + 1], x[order + 1]
         sigma = jnp.exp(log_sigma)
         log_prior = jnp.sum(stats.norm.logpdf(x[: order + 1], 0.0, 10.0)) + _half_cauchy_logpdf(sigma, 2.5) + log_sigma

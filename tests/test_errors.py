@@ -328,3 +328,9 @@ def test_validation_of_nested_stacks_names_both_layers_in_either_order():
     ]:
         with pytest.raises(FloatingPointError, match=message):
             jf.validation.checked(bijector.forward)(layer_params, jnp.ones(2))
+
+
+@pytest.mark.parametrize("make", [jb.lu_linear, jb.linear])
+def test_channel_mixing_needs_a_channel_axis(make):
+    with pytest.raises(ValueError, match=r"linear: mixes the last axis of the event and needs a shape \(\.\.\., C\)"):
+        make(())  # an IndexError before

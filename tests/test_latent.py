@@ -191,3 +191,11 @@ def test_conditional_attribute_vectors_take_each_groups_contexts():
     np.testing.assert_allclose(path[-1], x_without[0], atol=1e-5)
     with pytest.raises(ValueError, match="one context of shape \\(1,\\), shared by the ends and the path"):
         latent.interpolate(conditional, params, x_with[0], x_without[0], 4, context=jnp.ones((2, 1)))
+
+
+def test_interpolate_takes_list_ends_and_apply_attribute_checks_the_vector(model):
+    flow, params = model
+    path = latent.interpolate(flow, params, [0.0, 1.0, 2.0], [1.0, 0.0, -1.0], num_points=3)  # raw jnp.stack error
+    np.testing.assert_allclose(path[np.array([0, -1])], [[0.0, 1.0, 2.0], [1.0, 0.0, -1.0]], atol=1e-5)
+    with pytest.raises(ValueError, match=r"vector must have the flow's event shape \(3,\) .*got shape \(4,\)"):
+        latent.apply_attribute(flow, params, jnp.zeros((2, 3)), jnp.ones(4))  # a raw broadcasting error before

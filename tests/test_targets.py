@@ -123,7 +123,10 @@ def test_normalised_targets_integrate_to_one():
 
 @pytest.mark.parametrize(
     "make_target, point, message",
-    [(targets.neal_funnel, jnp.zeros(9), r"shape \(10,\)"), (targets.banana, jnp.zeros(2, jnp.int32), "floating")],
+    [
+        (targets.neal_funnel, jnp.zeros(9), r"shape \(10,\) as point, got shape \(9,\)\. A target's log density"),
+        (targets.banana, jnp.zeros(2, jnp.int32), "floating"),
+    ],
 )
 def test_bad_points_are_refused(make_target, point, message):
     with pytest.raises((ValueError, TypeError), match=message):
@@ -133,6 +136,8 @@ def test_bad_points_are_refused(make_target, point, message):
 def test_funnel_needs_two_coordinates():
     with pytest.raises(ValueError, match="dim >= 2"):
         targets.neal_funnel(1)
+    with pytest.raises(ValueError, match=r"dim >= 2 \(v and at least one x\), got 2.5"):  # was truncated to 2
+        targets.neal_funnel(2.5)
 
 
 EXPECTED_SHAPES = {

@@ -8,8 +8,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+ONE_EVENT_ADVICE = "Bijectors act on one event; batch with jax.vmap or use Flow.log_prob/sample."
 
-def check_event(name: str, x, shape: tuple[int, ...] | None, what: str = "input"):
+
+def check_event(name: str, x, shape: tuple[int, ...] | None, what: str = "input", advice: str = ONE_EVENT_ADVICE):
     """Returns `x` as an array after checking its dtype and, if `shape` is given, its event shape."""
     if not hasattr(x, "dtype"):
         x = jnp.asarray(x)
@@ -20,8 +22,7 @@ def check_event(name: str, x, shape: tuple[int, ...] | None, what: str = "input"
         )
     if shape is not None and tuple(x.shape) != tuple(shape):
         raise ValueError(
-            f"{name}: expected one event of shape {tuple(shape)} as {what}, got shape {tuple(x.shape)}. "
-            "Bijectors act on one event; batch with jax.vmap or use Flow.log_prob/sample."
+            f"{name}: expected one event of shape {tuple(shape)} as {what}, got shape {tuple(x.shape)}. {advice}"
         )
     return x
 

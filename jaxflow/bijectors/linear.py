@@ -18,6 +18,14 @@ def _positions(shape) -> int:
     return int(np.prod(shape[:-1]))
 
 
+def _channels_last(name: str, shape) -> tuple[int, ...]:
+    """`shape` as a tuple after checking it has a channel axis to mix, (..., C)."""
+    shape = as_shape(shape)
+    if not shape:
+        raise ValueError(f"{name}: mixes the last axis of the event and needs a shape (..., C), got ().")
+    return shape
+
+
 def lu_linear(shape) -> Bijector:
     """y = W x + b over the last axis with W = L U, always invertible.
 
@@ -25,16 +33,17 @@ def lu_linear(shape) -> Bijector:
     exp(log_diag), so det W > 0 wherever exp(log_diag) is a normal float of the event's
     dtype (|log_diag| below about 87 in float32; an eager call refuses others, while under
     `jit` W rounds to singular there: the inverse returns NaN, which `jaxflow.validation`
-    reports, and the forward zeros a channel), and the inverse is two triangular solves. Starts at the identity. Without Glow's fixed
-    permutation P in front, W ranges over the matrices whose leading principal minors
-    are positive; a `permutation` layer beside it reaches the others.
+    reports, and the forward zeros a channel), and the inverse is two triangular solves.
+    Starts at the identity. Without Glow's fixed permutation P in front, W ranges over the
+    matrices whose leading principal minors are positive; a `permutation` layer beside it
+    reaches the others.
 
     Params: {"lower": (C, C), "upper": (C, C), "log_diag": (C,), "bias": (C,)}; only
     the strict triangles of "lower" and "upper" are used.
 
     References: Kingma & Dhariwal (2018), Glow, https://arxiv.org/abs/1807.03039
     """
-    shape = as_shape(shape)
+    shape = _channels_last("lu_linear", shape)
     channels = shape[-1]
 
     shapes = dict.fromkeys(("lower", "upper"), (channels, channels)) | dict.fromkeys(("log_diag", "bias"), (channels,))
@@ -93,7 +102,7 @@ def linear(shape) -> Bijector:
 
     Params: {"weight": (C, C)}.
     """
-    shape = as_shape(shape)
+    shape = _channels_last("linear", shape)
     channels = shape[-1]
 
     shapes = {"weight": (channels, channels)}
