@@ -50,7 +50,7 @@ def uniform_dequantize(key, x, num_levels: int, dtype=None):
 
     Args:
       key: PRNG key.
-      x: integer array with values in [0, num_levels).
+      x: integer array with values in [0, num_levels) (checked on concrete data, not under `jit`).
       num_levels: L, the number of values each entry takes (256 for 8-bit images).
       dtype: float dtype of the result; the default float dtype if None.
     """
@@ -94,7 +94,8 @@ def uniform_dequantized_log_likelihood_bound(
       key: PRNG key, for the noise and for a stochastic model log-det.
       model_flow: a `Flow` whose density p lives on [0, 1]^D.
       model_params: its params.
-      x_int: integer data of shape (*batch, *event_shape), values in [0, L).
+      x_int: integer data of shape (*batch, *event_shape), values in [0, L) (checked on
+        concrete data; under `jit`, other values give meaningless bounds).
       num_levels: L.
       num_samples: noise draws per data point.
       context: for a conditional model flow (e.g. a class-conditional Glow), one context
@@ -128,7 +129,8 @@ def dequantized_log_likelihood_bound(
       noise_flow: q(u | x), a conditional flow on (0, 1)^D from `variational_dequantization`,
         given `noise_context(x_int, num_levels)` as context.
       noise_params: its params.
-      x_int: integer data of shape (*batch, *event_shape), values in [0, L).
+      x_int: integer data of shape (*batch, *event_shape), values in [0, L) (checked on
+        concrete data; under `jit`, other values give meaningless bounds).
       num_levels: L.
       num_samples: noise draws per data point.
       context: for a conditional model flow (e.g. a class-conditional Glow), one context
