@@ -72,17 +72,27 @@ def columns_from_option(spec: str | None) -> ColumnChooser:
     return choose
 
 
+def column_labels(names: list[str] | None, indices: list[int]) -> list[str]:
+    """A run's column names, or "column i" for each chosen index when its file had no header."""
+    return names or [f"column {i}" for i in indices]
+
+
 def columns_like(names: list[str] | None, indices: list[int], width: int) -> ColumnChooser:
-    """The chooser that finds the columns a run was fit on: by name when both files have headers, else by count."""
+    """The chooser that finds the columns a run was fit on: by name when both files have headers (a run without
+    names: its `column_labels`, as `sample` writes them), else by count."""
     described = ", ".join(names) if names else f"columns {indices}"
+    labels = column_labels(names, indices)
 
     def choose(header, file_width):
         if header is not None and names is not None:
             return _named_columns(names, header), names
+        if header == labels:
+            return list(range(file_width)), None
         if file_width == len(indices) == width and indices != list(range(width)):
             raise CliError(
                 f"the file has {file_width} columns, as the training file had, but the run took them in another order "
-                f"({described}): the file may hold them in either order; give it a header naming them"
+                f"({described}): the file may hold them in either order; give a .csv whose header names them "
+                f"({','.join(labels)})"
             )
         if file_width == len(indices):
             return list(range(file_width)), header

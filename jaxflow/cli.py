@@ -36,6 +36,7 @@ from jaxflow._cli_io import (
     Table,
     atomic_write,
     checked_output,
+    column_labels,
     columns_from_option,
     columns_like,
     image_formats,
@@ -202,7 +203,7 @@ def _read_like_run(path, config: dict) -> np.ndarray:
 
 
 def _column_labels(config: dict) -> list[str]:
-    return config["columns"]["names"] or [f"column {i}" for i in config["columns"]["indices"]]
+    return column_labels(config["columns"]["names"], config["columns"]["indices"])
 
 
 def _warn_of_whole_numbers(values: np.ndarray, labels: list[str]) -> None:
@@ -244,7 +245,7 @@ def _sample(args, extra) -> None:
     del extra
     checked_output(args.output)
     config, model, params = _load_run(args.run)
-    write_table(args.output, _draw(config, model, params, args.n, args.seed), config["columns"]["names"])
+    write_table(args.output, _draw(config, model, params, args.n, args.seed), _column_labels(config))
 
 
 def _log_prob(args, extra) -> None:

@@ -240,6 +240,10 @@ def test_bad_numbers_and_header_names_give_one_line_errors(resumed, data, tmp_pa
         returncode = main(list(map(str, args)))
         assert_one_line_error(expected, returncode, capsys.readouterr().err)
     assert not list(tmp_path.glob("never*")) and sorted(tmp_path.glob("*.npy")) == [archive, empty_npy]
+    # A run without header names heads its samples with its column labels, by which log-prob reads them back.
+    assert main(list(map(str, ["sample", swapped, "-n", 5, "-o", tmp_path / "drawn.csv"]))) == 0
+    assert (tmp_path / "drawn.csv").read_text().startswith("column 1,column 0\n")
+    assert main(list(map(str, ["log-prob", swapped, tmp_path / "drawn.csv", "-o", tmp_path / "scored.csv"]))) == 0
 
 
 def test_flows_without_permutations_fit_and_far_rows_score_minus_infinity(resumed, tmp_path, capsys):
