@@ -78,26 +78,19 @@ def column_labels(names: list[str] | None, indices: list[int]) -> list[str]:
 
 
 def columns_like(names: list[str] | None, indices: list[int], width: int) -> ColumnChooser:
-    """The chooser that finds the columns a run was fit on: by name when both files have headers (a run without
-    names: its `column_labels`, as `sample` writes them), else by count."""
+    """The chooser that finds the columns a run was fit on: by header name (a run fit on a file without a header:
+    its `column_labels`, as `sample` writes them), else by count: as many columns as the training file is its layout,
+    as many as the run took is those columns in the run's order."""
     described = ", ".join(names) if names else f"columns {indices}"
     labels = column_labels(names, indices)
 
     def choose(header, file_width):
-        if header is not None and names is not None:
-            return _named_columns(names, header), names
-        if header == labels:
-            return list(range(file_width)), None
-        if file_width == len(indices) == width and indices != list(range(width)):
-            raise CliError(
-                f"the file has {file_width} columns, as the training file had, but the run took them in another order "
-                f"({described}): the file may hold them in either order; give a .csv whose header names them "
-                f"({','.join(labels)})"
-            )
-        if file_width == len(indices):
-            return list(range(file_width)), header
+        if header is not None and (names is not None or set(labels) <= set(header)):
+            return _named_columns(labels, header), names
         if file_width == width:
             return list(indices), None if header is None else [header[i] for i in indices]
+        if file_width == len(indices):
+            return list(range(file_width)), header
         raise CliError(
             f"the file has {file_width} columns, but the run was fit on {len(indices)} ({described}) taken from a file "
             f"with {width}: give exactly those {len(indices)} columns, a file laid out like the training file, or a "
@@ -105,6 +98,15 @@ def columns_like(names: list[str] | None, indices: list[int], width: int) -> Col
         )
 
     return choose
+
+
+def in_file_order(values: np.ndarray, labels: list[str], indices: list[int], width: int):
+    """(values, labels) with the columns in the training file's order when the run took all of its columns (the
+    layout `columns_like` reads a file of that width in); else as they are, in the run's order."""
+    if len(indices) != width:
+        return values, labels
+    order = np.argsort(indices)
+    return values[:, order], [labels[k] for k in order]
 
 
 def checked_output(path, formats: Sequence[str] = ("csv", "npy")) -> Path:

@@ -204,8 +204,14 @@ def stage(out, config: dict) -> Staged | None:
             f"{best} holds this run at step {step}, beyond --steps {config['budget']['num_steps']}: give --steps "
             f"{step} or more to go on from there, or delete {best} to start again"
         )
+    stale = directory.exists() and best != directory  # this process's pid, left by a killed fit before a restart
+    if stale and not _same_run(directory, config):
+        raise CliError(
+            f"{directory} holds a killed fit of another run (another config) under this process's id; "
+            "rename or delete it to fit here"
+        )
     try:
-        if directory.exists() and best != directory:  # this process's pid, left by a killed run before a restart
+        if stale:  # an earlier checkpoint of this run, behind `best`
             shutil.rmtree(directory)
         if best is None:
             directory.mkdir(parents=True)

@@ -40,6 +40,7 @@ from jaxflow._cli_io import (
     columns_from_option,
     columns_like,
     image_formats,
+    in_file_order,
     pairs_figure,
     read_table,
     write_table,
@@ -245,7 +246,12 @@ def _sample(args, extra) -> None:
     del extra
     checked_output(args.output)
     config, model, params = _load_run(args.run)
-    write_table(args.output, _draw(config, model, params, args.n, args.seed), _column_labels(config))
+    columns = config["columns"]
+    draws, labels = in_file_order(
+        _draw(config, model, params, args.n, args.seed), _column_labels(config), columns["indices"],
+        columns["file_width"],
+    )
+    write_table(args.output, draws, labels)
 
 
 def _log_prob(args, extra) -> None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from jaxflow.bijectors._checks import is_positive_int, refuse_concrete
+from jaxflow.bijectors._checks import batch_shape_of, is_positive_int, refuse_concrete
 from jaxflow.bijectors.base import transform
 from jaxflow.distributions import Flow, check_sample_shape, sample_shape
 
@@ -111,11 +111,8 @@ def attribute_vector(flow: Flow, params, x_with, x_without, *, context_with=None
 
 def apply_attribute(flow: Flow, params, x, vector, amount: float = 1.0, context=None, *, key=None):
     """Moves a batch `x` along an attribute `vector` in latent space by `amount` and decodes it."""
-    if jnp.shape(vector) != flow.event_shape:
-        raise ValueError(
-            f"apply_attribute: vector must have the flow's event shape {flow.event_shape} (as attribute_vector "
-            f"returns it), got shape {jnp.shape(vector)}."
-        )
+    vector = jnp.asarray(vector)
+    batch_shape_of("apply_attribute: vector", vector.shape, flow.event_shape)  # one shared, or one per row
     z = encode(flow, params, x, context, key=key)
     return decode(flow, params, z + amount * vector, context, key=key)
 

@@ -36,7 +36,7 @@ import numpy as np
 import optax
 from jax.scipy import stats
 
-from jaxflow.bijectors._checks import check_event, is_positive_int
+from jaxflow.bijectors._checks import check_event
 
 DATA_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "posteriors"
 REFERENCE_DRAWS = DATA_DIR / "reference_draws.npz"
@@ -69,8 +69,8 @@ def _check_point(name, point, shape):
 
 def neal_funnel(dim: int = 10) -> Target:
     """Neal's funnel: v ~ N(0, 3^2), x_i | v ~ N(0, e^v) for i = 1..dim-1; coordinates (v, x_1, ...)."""
-    if not is_positive_int(dim) or dim < 2:
-        raise ValueError(f"neal_funnel needs dim >= 2 (v and at least one x), got {dim}.")
+    if int(dim) != dim or dim < 2:
+        raise ValueError(f"neal_funnel needs a whole dim >= 2 (v and at least one x), got {dim}.")
     dim = int(dim)
 
     def log_density(point):

@@ -5,6 +5,7 @@ the other tests sample, score and plot it. Bad inputs run in parallel subprocess
 """
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -197,11 +198,15 @@ def test_bad_numbers_and_header_names_give_one_line_errors(resumed, data, tmp_pa
         shutil.copytree(resumed[0], directory)
         config = json.loads((directory / "config.json").read_text())
         (directory / "config.json").write_text(json.dumps(config | changes))
-    two_columns = write_csv(tmp_path / "two.csv", None, ["1,2", "3,4"])  # was read as the run's order, unswapped
     dead_pid = next(pid for pid in range(4_000_000, 4_100_000) if not runs._is_running(pid))
     short_fit = [*resumed[1][:-3], "--out", tmp_path / "short", "--steps", 5, "--no-progress"]  # the same, 5 steps
     shutil.copytree(resumed[0], tmp_path / f"short.tmp-{dead_pid}")  # a killed fit of it, beyond 5 steps
     last_step = max(checkpoint_steps(resumed[0].name, resumed[0].parent))
+    own = tmp_path / f"mine.tmp-{os.getpid()}"  # a killed fit of another run under this process's id (pids repeat)
+    shutil.copytree(resumed[0], own)
+    config = json.loads((own / "config.json").read_text())
+    (own / "config.json").write_text(json.dumps(config | {"training": config["training"] | {"seed": 7}}))
+    mine_fit = [*resumed[1][:-3], "--out", tmp_path / "mine", "--steps", 5, "--no-progress"]
     cases = {
         "was written by an earlier jaxflow (run format 'jaxflow-run'": [
             "sample", earlier, "-n", 5, "-o", tmp_path / "s.npy"
@@ -228,10 +233,8 @@ def test_bad_numbers_and_header_names_give_one_line_errors(resumed, data, tmp_pa
             "fit", data[0], "--columns", "0,2", "--validation", 0.001, "--patience", 2, *out
         ],
         "--columns b, 2 name the same column; choose each column once": ["fit", data[0], "--columns", "b,2", *out],
-        "two.csv: the file has 2 columns, as the training file had, but the run took them in another order": [
-            "log-prob", swapped, two_columns, "-o", tmp_path / "x.npy"
-        ],
         f"short.tmp-{dead_pid} holds this run at step {last_step}, beyond --steps 5: give --steps": short_fit,
+        f"mine.tmp-{os.getpid()} holds a killed fit of another run (another config)": mine_fit,  # was deleted
         "data.csv/run: cannot create the run's folder (Not a directory)": [
             "fit", data[0], "--columns", "0,2", "--steps", 5, "--out", data[0] / "run"
         ],
@@ -240,10 +243,21 @@ def test_bad_numbers_and_header_names_give_one_line_errors(resumed, data, tmp_pa
         returncode = main(list(map(str, args)))
         assert_one_line_error(expected, returncode, capsys.readouterr().err)
     assert not list(tmp_path.glob("never*")) and sorted(tmp_path.glob("*.npy")) == [archive, empty_npy]
-    # A run without header names heads its samples with its column labels, by which log-prob reads them back.
-    assert main(list(map(str, ["sample", swapped, "-n", 5, "-o", tmp_path / "drawn.csv"]))) == 0
-    assert (tmp_path / "drawn.csv").read_text().startswith("column 1,column 0\n")
-    assert main(list(map(str, ["log-prob", swapped, tmp_path / "drawn.csv", "-o", tmp_path / "scored.csv"]))) == 0
+    assert json.loads((own / "config.json").read_text())["training"]["seed"] == 7 and (own / "checkpoints").is_dir()
+
+    # The swapped run took all the columns of its file: a headerless file that wide is read in that file's layout
+    # (it was read in the run's order: the training file itself scored -86 nats per row instead of -2.7), as its
+    # column labels name them, and its samples come out in that layout, headed by those labels in a .csv.
+    headerless = write_csv(tmp_path / "headerless.csv", None, ["1,2", "3,-4"])
+    headed = write_csv(tmp_path / "headed.csv", "column 1,column 0", ["2,1", "-4,3"])
+    for path in (headerless, headed):
+        assert main(list(map(str, ["log-prob", swapped, path, "-o", path.with_suffix(".scored.npy")]))) == 0
+    np.testing.assert_array_equal(np.load(tmp_path / "headerless.scored.npy"), np.load(tmp_path / "headed.scored.npy"))
+    for drawn in ("drawn.csv", "drawn.npy"):
+        assert main(list(map(str, ["sample", swapped, "-n", 5, "--seed", 3, "-o", tmp_path / drawn]))) == 0
+        assert main(list(map(str, ["log-prob", swapped, tmp_path / drawn, "-o", tmp_path / f"{drawn}.npy"]))) == 0
+    assert (tmp_path / "drawn.csv").read_text().startswith("column 0,column 1\n")
+    np.testing.assert_allclose(np.load(tmp_path / "drawn.csv.npy"), np.load(tmp_path / "drawn.npy.npy"), rtol=1e-6)
 
 
 def test_flows_without_permutations_fit_and_far_rows_score_minus_infinity(resumed, tmp_path, capsys):

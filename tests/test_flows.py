@@ -226,6 +226,13 @@ def test_linen_modules_with_state_or_random_streams_are_refused():
         def __call__(self, h):  # a dropout stream: flax asked for rngs at the first call
             return nn.Dropout(0.1, deterministic=False)(nn.Dense(2)(h))
 
+    class Fixed(nn.Module):
+        @nn.compact
+        def __call__(self, h):  # no variables at all: nothing to refuse
+            return jnp.concatenate([h, -h])
+
+    fixed = from_linen(Fixed(), 3)
+    np.testing.assert_array_equal(fixed.apply(fixed.init(jax.random.key(0)), jnp.ones(3)), [1, 1, 1, -1, -1, -1])
     with pytest.raises(ValueError, match=r"the module needs state besides params \(collections batch_stats\)"):
         from_linen(Normalised(), 3).init(jax.random.key(0))
     dropped = from_linen(Dropped(), 3)

@@ -197,5 +197,9 @@ def test_interpolate_takes_list_ends_and_apply_attribute_checks_the_vector(model
     flow, params = model
     path = latent.interpolate(flow, params, [0.0, 1.0, 2.0], [1.0, 0.0, -1.0], num_points=3)  # raw jnp.stack error
     np.testing.assert_allclose(path[np.array([0, -1])], [[0.0, 1.0, 2.0], [1.0, 0.0, -1.0]], atol=1e-5)
-    with pytest.raises(ValueError, match=r"vector must have the flow's event shape \(3,\) .*got shape \(4,\)"):
-        latent.apply_attribute(flow, params, jnp.zeros((2, 3)), jnp.ones(4))  # a raw broadcasting error before
+    x = jnp.zeros((2, 3))
+    vectors = ([1.0, 0.0, 0.0], jnp.array([[1.0, 0.0, 0.0]] * 2))  # one shared as a list, one per row
+    shared, per_row = (latent.apply_attribute(flow, params, x, vector) for vector in vectors)
+    np.testing.assert_allclose(shared, per_row, rtol=1e-6)
+    with pytest.raises(ValueError, match=r"vector: expected an array with trailing event shape \(3,\)"):
+        latent.apply_attribute(flow, params, x, jnp.ones(4))  # a raw broadcasting error before

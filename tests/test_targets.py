@@ -136,8 +136,9 @@ def test_bad_points_are_refused(make_target, point, message):
 def test_funnel_needs_two_coordinates():
     with pytest.raises(ValueError, match="dim >= 2"):
         targets.neal_funnel(1)
-    with pytest.raises(ValueError, match=r"dim >= 2 \(v and at least one x\), got 2.5"):  # was truncated to 2
+    with pytest.raises(ValueError, match=r"a whole dim >= 2 \(v and at least one x\), got 2.5"):  # was truncated to 2
         targets.neal_funnel(2.5)
+    assert targets.neal_funnel(np.float64(3.0)).dim == 3
 
 
 EXPECTED_SHAPES = {

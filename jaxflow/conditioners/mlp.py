@@ -94,8 +94,9 @@ def from_linen(module: nn.Module, in_shape, *, context_dim: int | None = None) -
 
     def init(key):
         variables = module.init(key, example)
-        if set(variables) != {"params"}:
-            _refuse_impure_linen(f"state besides params (collections {', '.join(sorted(set(variables) - {'params'}))})")
+        others = sorted(set(variables) - {"params"})
+        if others:
+            _refuse_impure_linen(f"state besides params (collections {', '.join(others)})")
         return variables
 
     def apply(params, h, context=None):
