@@ -197,8 +197,9 @@ def stage(out, config: dict) -> Staged | None:
     candidates = [out] if out.exists() else []
     candidates += [folder for folder in _leftovers(out) if _same_run(folder, config)]
     directory = out.with_name(f"{out.name}.tmp-{os.getpid()}")
-    best = max(candidates, key=_checkpoint_step, default=None)
-    step = -1 if best is None else _checkpoint_step(best)
+    steps = {folder: _checkpoint_step(folder) for folder in candidates}
+    best = max(steps, key=steps.get, default=None)
+    step = steps.get(best, -1)
     if step > config["budget"]["num_steps"]:
         raise CliError(
             f"{best} holds this run at step {step}, beyond --steps {config['budget']['num_steps']}: give --steps "

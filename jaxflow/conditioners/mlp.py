@@ -96,7 +96,7 @@ def from_linen(module: nn.Module, in_shape, *, context_dim: int | None = None) -
         variables = module.init(key, example)
         others = sorted(set(variables) - {"params"})
         if others:
-            _refuse_impure_linen(f"state besides params (collections {', '.join(others)})")
+            _refuse_impure("from_linen", f"needs state besides params (collections {', '.join(others)})")
         return variables
 
     def apply(params, h, context=None):
@@ -104,14 +104,14 @@ def from_linen(module: nn.Module, in_shape, *, context_dim: int | None = None) -
         try:
             return module.apply(params, _joined(h, context))
         except flax.errors.InvalidRngError:
-            _refuse_impure_linen("random numbers when applied (a dropout stream)")
+            _refuse_impure("from_linen", "needs random numbers when applied (a dropout stream)")
 
     return Conditioner(init, apply)
 
 
-def _refuse_impure_linen(needs: str):
+def _refuse_impure(adapter: str, what: str):
     raise ValueError(
-        f"from_linen: the module needs {needs}; a conditioner is a function of its params and input alone: "
+        f"{adapter}: the module {what}; a conditioner is a function of its params and input alone: "
         "build the module without dropout or batch statistics."
     )
 
@@ -145,10 +145,7 @@ def from_nnx(make_module: Callable, *, context_dim: int | None = None) -> Condit
     if jax.tree.leaves(other_state):
         variables = jax.tree.leaves(other_state, is_leaf=lambda leaf: isinstance(leaf, nnx.Variable))
         kinds = sorted({type(variable).__name__ for variable in variables})
-        raise ValueError(
-            f"from_nnx: the module holds state besides nnx.Param ({', '.join(kinds)}); a conditioner is a function of "
-            "its params and input alone: build the module without dropout or batch statistics."
-        )
+        _refuse_impure("from_nnx", f"holds state besides nnx.Param ({', '.join(kinds)})")
     context_shape = None if context_dim is None else (context_dim,)
 
     def init(key):

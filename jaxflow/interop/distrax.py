@@ -21,16 +21,7 @@ import numpy as np
 from jaxflow.bijectors._checks import as_shape, batch_shape_of, check_event
 from jaxflow.bijectors.base import Bijector, transform
 from jaxflow.distributions import Distribution, Flow
-from jaxflow.interop._shapes import check_shape_preserving
-
-
-def _check_key(bijector: Bijector, key, wrapper: str) -> None:
-    """A stochastic bijector's log-dets need the wrapper's key: distrax's methods take none."""
-    if bijector.stochastic and key is None:
-        raise ValueError(
-            f"{bijector.name} estimates log-dets stochastically: pass key=... to {wrapper} "
-            "(distrax's methods take no key)."
-        )
+from jaxflow.interop._common import check_key, check_shape_preserving
 
 
 class _BijectorAsDistrax(distrax.Bijector):
@@ -56,7 +47,7 @@ class _BijectorAsDistrax(distrax.Bijector):
 
     def _apply(self, direction, x):
         x = check_event(self.name, x, None)
-        _check_key(self._bijector, self._key, "to_distrax_bijector")
+        check_key(self._bijector, self._key, "to_distrax_bijector", "distrax")
         batch_shape = batch_shape_of(self.name, x.shape, self._event_shape)
         count = int(np.prod(batch_shape))
         keys = None if self._key is None else jax.random.split(self._key, count)
@@ -108,7 +99,7 @@ class _FlowAsDistrax(distrax.Distribution):
         return self._flow.event_shape
 
     def log_prob(self, value):
-        _check_key(self._flow.bijector, self._key, "to_distrax_distribution")
+        check_key(self._flow.bijector, self._key, "to_distrax_distribution", "distrax")
         return self._flow.log_prob(self._params, value, self._context, key=self._key)
 
     def _sample_n(self, key, n):

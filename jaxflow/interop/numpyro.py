@@ -35,7 +35,7 @@ from numpyro.infer.initialization import init_to_uniform
 from jaxflow.bijectors._checks import as_shape, batch_shape_of, check_event
 from jaxflow.bijectors.base import Bijector, transform
 from jaxflow.distributions import Flow
-from jaxflow.interop._shapes import check_shape_preserving
+from jaxflow.interop._common import check_key, check_shape_preserving
 
 FlowOrFactory = Flow | Callable[[int], Flow]
 
@@ -98,11 +98,7 @@ class FlowDistribution(NumpyroDistribution):
         value_batch_shape = batch_shape_of("FlowDistribution", value.shape, self.event_shape)
         batch_shape = np.broadcast_shapes(value_batch_shape, self.batch_shape)
         value = jnp.broadcast_to(value, batch_shape + self.event_shape)
-        if self.flow.bijector.stochastic and self.key is None:
-            raise ValueError(
-                f"FlowDistribution: {self.flow.bijector.name} estimates log-dets stochastically: pass key=... to "
-                "FlowDistribution (numpyro's log_prob takes none)."
-            )
+        check_key(self.flow.bijector, self.key, "FlowDistribution", "numpyro")
         return self.flow.log_prob(self.params, value, self._context_for(batch_shape), key=self.key)
 
     def _context_for(self, batch_shape):

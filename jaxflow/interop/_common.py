@@ -1,4 +1,4 @@
-"""The event shape both adapters' batched calls assume: a bijector that keeps it."""
+"""What both adapters check: a PRNG key for stochastic log-dets, and bijectors that keep the event's shape."""
 
 from __future__ import annotations
 
@@ -17,4 +17,13 @@ def check_shape_preserving(adapter: str, bijector: Bijector, params, event_shape
         raise ValueError(
             f"{adapter}: {bijector.name} maps events of shape {event_shape} to shape {out.shape}; the adapter "
             "needs a bijector that keeps the event's shape (leave shape-changing layers such as squeeze out of it)."
+        )
+
+
+def check_key(bijector: Bijector, key, wrapper: str, library: str) -> None:
+    """A stochastic bijector's log-dets need the key given to `wrapper`: the `library`'s methods take none."""
+    if bijector.stochastic and key is None:
+        raise ValueError(
+            f"{bijector.name} estimates log-dets stochastically: pass key=... to {wrapper} "
+            f"({library}'s methods take no key)."
         )
