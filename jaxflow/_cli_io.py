@@ -2,11 +2,11 @@
 
 A text table is comma-separated (.csv), tab-separated (.tsv), or either comma- or
 whitespace-separated (.txt, as `np.savetxt` writes by default): whitespace when its
-first non-blank line has no comma. It may have a header row: it has one when no cell
-of its first non-blank line is a number (in a .txt, after the "#" `np.savetxt` writes
-before a header). Columns are chosen by a `ColumnChooser`,
-`(header or None, width) -> (indices, names or None)`, so that only the chosen
-columns need to be numeric (an id or label column may stay text).
+first non-blank line has no comma. It may have a header row: unless told (`header=True` or
+False, the command line's `--header yes|no`), it has one when no cell of its first non-blank
+line is a number (in a .txt, after the "#" `np.savetxt` writes before a header). Columns are
+chosen by a `ColumnChooser`, `(header or None, width) -> (indices, names or None)`, so that
+only the chosen columns need to be numeric (an id or label column may stay text).
 """
 
 from __future__ import annotations
@@ -43,15 +43,21 @@ class Table(NamedTuple):
     width: int
 
 
-def read_table(path, choose: ColumnChooser) -> Table:
-    """Reads the columns `choose` picks from a .csv/.tsv/.txt or .npy file; every chosen cell a finite number."""
+def read_table(path, choose: ColumnChooser, header: bool | None = None) -> Table:
+    """Reads the columns `choose` picks from a .csv/.tsv/.txt or .npy file; every chosen cell a finite number.
+
+    `header` says whether a text table's first non-blank line names its columns; None guesses
+    (see the module docstring).
+    """
     path = Path(path)
     if not path.is_file():
         raise CliError(f"{path}: no such file" if not path.exists() else f"{path} is not a file")
     if path.suffix.lower() == ".npy":
+        if header is not None:
+            raise CliError(f"{path}: a .npy file has no header line; drop --header")
         return _read_npy(path, choose)
     if path.suffix.lower() in (".csv", ".tsv", ".txt"):
-        return _read_text(path, choose)
+        return _read_text(path, choose, header)
     raise CliError(f"{path}: unsupported file type {path.suffix!r}; give a .csv, .tsv, .txt or .npy file")
 
 
@@ -217,13 +223,15 @@ def _read_npy(path, choose) -> Table:
     return Table(values, names, indices, array.shape[1])
 
 
-def _read_text(path, choose) -> Table:
+def _read_text(path, choose, header: bool | None) -> Table:
     lines, rows = _nonblank_rows(path)
     if not rows:
         raise CliError(f"{path} is empty: no rows")
     if path.suffix.lower() == ".txt" and rows[0][0].startswith("#"):  # np.savetxt(..., header=...) writes "# a b"
         rows[0] = [cell for cell in [rows[0][0].lstrip("#").strip(), *rows[0][1:]] if cell]
-    header = rows[0] if not any(_is_number(cell) for cell in rows[0]) else None
+    if header is None:
+        header = not any(_is_number(cell) for cell in rows[0])
+    header = rows[0] if header else None
     if header is not None:
         lines, rows = lines[1:], rows[1:]
         if not rows:
@@ -344,5 +352,8 @@ def _check_findable(names: list[str], header: list[str]) -> None:
 def _missing_columns_message(missing, header, width) -> str:
     listed = ", ".join(repr(token) for token in missing)
     if header is None:
-        return f"no column {listed}: the file has no header, so give 0-based column indices (0 to {width - 1})"
+        return (
+            f"no column {listed}: the file has no header, so give 0-based column indices (0 to {width - 1}), or "
+            "--header yes if its first line names the columns"
+        )
     return f"no column named {listed}; the columns are: {', '.join(header)}"

@@ -82,7 +82,7 @@ def build_model(config: dict) -> jaxflow.Flow:
 def _fit(args, extra) -> None:
     del extra
     flow = _flow_options(args)
-    table = read_table(args.data, columns_from_option(args.columns))
+    table = read_table(args.data, columns_from_option(args.columns), _header(args))
     train_rows, valid_rows = _split(table.values, args.validation, args.seed)
     if args.patience is not None and valid_rows is None:
         raise CliError(
@@ -198,9 +198,9 @@ def _load_run(run) -> tuple[dict, jaxflow.Flow, dict]:
     return config, model, params
 
 
-def _read_like_run(path, config: dict) -> np.ndarray:
+def _read_like_run(path, config: dict, header: bool | None) -> np.ndarray:
     columns = config["columns"]
-    return read_table(path, columns_like(columns["names"], columns["indices"], columns["file_width"])).values
+    return read_table(path, columns_like(columns["names"], columns["indices"], columns["file_width"]), header).values
 
 
 def _column_labels(config: dict) -> list[str]:
@@ -258,14 +258,17 @@ def _log_prob(args, extra) -> None:
     del extra
     checked_output(args.output)
     config, model, params = _load_run(args.run)
-    write_table(args.output, _score(config, model, params, _read_like_run(args.data, config)), ["log_prob"])
+    data = _read_like_run(args.data, config, _header(args))
+    write_table(args.output, _score(config, model, params, data), ["log_prob"])
 
 
 def _plot(args, extra) -> None:
     del extra
     output = checked_output(args.output, image_formats())
     config, model, params = _load_run(args.run)
-    data = None if args.data is None else _read_like_run(args.data, config)
+    if args.data is None and _header(args) is not None:
+        raise CliError("--header describes the --data file: give --data, or drop --header")
+    data = None if args.data is None else _read_like_run(args.data, config, _header(args))
     samples = _draw(config, model, params, args.samples, args.seed)
     labels = _column_labels(config)
     if len(labels) > MAX_PLOT_COLUMNS:
@@ -321,6 +324,20 @@ def _positive(kind):
 
 _seed = _argument_type(int, lambda value: 0 <= value < 2**32, f"an integer from 0 to {2**32 - 1}")
 
+_HEADER_CHOICES = {"auto": None, "yes": True, "no": False}
+
+
+def _add_header_option(command, file: str) -> None:
+    command.add_argument(
+        "--header", choices=_HEADER_CHOICES, default="auto",
+        help=f"whether the first line of {file} names its columns (auto: when none of its cells is a number)",
+    )
+
+
+def _header(args) -> bool | None:
+    """`--header` as `read_table` takes it: True, False, or None to guess."""
+    return _HEADER_CHOICES[args.header]
+
 
 def _parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="jaxflow", description="Normalising flows on tables of numbers: fit, sample, log-prob, plot.")
@@ -337,6 +354,7 @@ def _parser() -> argparse.ArgumentParser:
     fit.add_argument("--bins", type=_positive(int), help="spline bins (nsf flows)")
     fit.add_argument("--permute", choices=("random", "reverse", "none"))
     fit.add_argument("--columns", help="comma-separated header names or 0-based indices (default: all)")
+    _add_header_option(fit, "DATA")
     budget = fit.add_mutually_exclusive_group()
     budget.add_argument("--steps", type=_positive(int), default=1000)
     budget.add_argument("--epochs", type=_positive(int))
@@ -366,11 +384,13 @@ def _parser() -> argparse.ArgumentParser:
     log_prob.add_argument("run", metavar="RUN")
     log_prob.add_argument("data", metavar="DATA", help="the fit's columns: by header name, or the same layout")
     log_prob.add_argument("-o", "--output", required=True, help=".csv or .npy")
+    _add_header_option(log_prob, "DATA")
     log_prob.set_defaults(handler=_log_prob)
 
     plot = commands.add_parser("plot", help="pairwise marginals of samples (and data) as an image")
     plot.add_argument("run", metavar="RUN")
     plot.add_argument("--data", help="data to overlay, read like log-prob's DATA")
+    _add_header_option(plot, "the --data file")
     plot.add_argument("-o", "--output", required=True, help="image file, e.g. pairs.png")
     plot.add_argument("--samples", type=_positive(int), default=2000)
     plot.add_argument("--seed", type=_seed, default=0)

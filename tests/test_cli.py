@@ -320,3 +320,40 @@ def test_a_failed_write_leaves_no_temporary_file(tmp_path):
     with pytest.raises(CliError, match=r"figure.pgf: cannot write \('xelatex' not found\)"):
         atomic_write(tmp_path / "figure.pgf", write)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_header_option_overrides_the_guess(tmp_path, capsys):
+    """A header of numbers ("2019,2020") is read as data unless --header yes says otherwise, and back."""
+    from jaxflow._cli_io import CliError, columns_from_option, read_table
+    from jaxflow.cli import main
+
+    years = write_csv(tmp_path / "years.csv", "2019,2020", ["1,2", "3,4.5", "2,2"])
+    guessed = read_table(years, columns_from_option(None))
+    assert guessed.names is None and guessed.values[:, 1].tolist() == [2020, 2, 4.5, 2]
+    with pytest.raises(CliError, match=r"give 0-based column indices \(0 to 1\), or --header yes if its first line"):
+        read_table(years, columns_from_option("2020"))
+    told = read_table(years, columns_from_option("2020"), True)
+    assert told.names == ["2020"] and told.values[:, 0].tolist() == [2, 4.5, 2]
+    headerless = write_csv(tmp_path / "headerless.csv", None, ["x,1", "y,2", "z,3"])  # a text id column
+    assert read_table(headerless, columns_from_option("1"), False).values[:, 0].tolist() == [1, 2, 3]
+
+    rows = write_csv(tmp_path / "rows.csv", "2019,2020", [f"{np.sin(i)},{np.cos(3 * i)}" for i in range(64)])
+    fit = ["fit", rows, "--header", "yes", "--flow", "planar_flow", "--layers", 1, "--steps", 2, "--no-progress"]
+    assert main(list(map(str, [*fit, "--out", tmp_path / "run"]))) == 0, capsys.readouterr().err
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert config["columns"]["names"] == ["2019", "2020"]
+    scored = ["log-prob", tmp_path / "run", rows, "-o", tmp_path / "scored.npy"]
+    assert main(list(map(str, [*scored, "--header", "yes"]))) == 0
+    assert np.load(tmp_path / "scored.npy").shape == (64,)
+    np.save(tmp_path / "rows.npy", np.ones((4, 2)))
+    cases = {
+        "rows.npy: a .npy file has no header line; drop --header": [
+            "log-prob", tmp_path / "run", tmp_path / "rows.npy", "-o", tmp_path / "x.npy", "--header", "no"
+        ],
+        "--header describes the --data file: give --data, or drop --header": [
+            "plot", tmp_path / "run", "-o", tmp_path / "p.png", "--header", "yes"
+        ],
+        "invalid choice: 'maybe'": [*fit, "--out", tmp_path / "never", "--header", "maybe"],
+    }
+    for expected, args in cases.items():
+        assert_one_line_error(expected, main(list(map(str, args))), capsys.readouterr().err)
