@@ -88,8 +88,8 @@ def main(argv=None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
 
-    keys = dict(zip(["rotation", "teacher", "student", "fit", "check", "draws"],
-                    jax.random.split(jax.random.key(args.seed), 6)))
+    keys = dict(zip(["rotation", "teacher", "teacher_fit", "student", "fit", "check", "draws"],
+                    jax.random.split(jax.random.key(args.seed), 7)))
     rotation = np.asarray(jax.random.orthogonal(keys["rotation"], DIM))
     train = hidden_moons(10_000, rotation, seed=2 * args.seed)
     test = hidden_moons(5_000, rotation, seed=2 * args.seed + 1)
@@ -98,7 +98,7 @@ def main(argv=None) -> None:
     student = flows.nsf_autoregressive(DIM, layers=4, hidden=(64, 64), inverse=True)
     start = time.perf_counter()
     teacher_params, _ = forward_kl.fit(
-        keys["teacher"], teacher, teacher.init(keys["teacher"]), train, num_steps=args.teacher_steps,
+        keys["teacher_fit"], teacher, teacher.init(keys["teacher"]), train, num_steps=args.teacher_steps,
         optimizer=optax.adam(optax.cosine_decay_schedule(2e-3, args.teacher_steps, alpha=0.05)),
         validation_fraction=0.0, progress=False,
     )

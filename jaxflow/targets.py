@@ -186,17 +186,20 @@ def laplace_approximation(target: Target, *, num_steps: int = 200) -> tuple[np.n
         return (optax.apply_updates(x, updates), state), None
 
     @jax.jit
-    def mode_and_variance(x):
+    def mode_and_hessian(x):
         (mode, _), _ = jax.lax.scan(step, (x, solver.init(x)), length=num_steps)
-        return mode, jnp.diag(jnp.linalg.inv(jax.hessian(negative_log_density)(mode)))
+        return mode, jax.hessian(negative_log_density)(mode)
 
-    mode, variance = (np.asarray(a, np.float64) for a in mode_and_variance(jnp.zeros(target.dim)))
-    if not (np.all(np.isfinite(mode)) and np.all(np.isfinite(variance)) and np.all(variance > 0)):
+    mode, hessian = (np.asarray(a, np.float64) for a in mode_and_hessian(jnp.zeros(target.dim)))
+    finite = np.all(np.isfinite(mode)) and np.all(np.isfinite(hessian))
+    curvatures = np.linalg.eigvalsh(hessian) if finite else np.full(target.dim, np.nan)
+    if not np.all(curvatures > 0):  # a saddle has a positive inverse-Hessian diagonal too
         raise ValueError(
-            f"laplace_approximation: {target.name} has no mode with a positive-definite Hessian reachable "
-            f"in {num_steps} L-BFGS steps from 0 (mode {mode.tolist()}, inverse-Hessian diagonal {variance.tolist()})."
+            f"laplace_approximation: {target.name} has no mode with a positive-definite Hessian reachable in "
+            f"{num_steps} L-BFGS steps from 0 (stopped at {mode.tolist()}, where the Hessian of -log_density has "
+            f"eigenvalues {', '.join(f'{c:.3g}' for c in curvatures)})."
         )
-    return mode, np.sqrt(variance)
+    return mode, np.sqrt(np.diag(np.linalg.inv(hessian)))
 
 
 def reference_draws(name: str, path: str | Path | None = None) -> np.ndarray:

@@ -121,3 +121,10 @@ def test_too_few_weights_are_refused_and_the_fewest_accepted():
     with pytest.raises(ValueError, match=f"at least {diagnostics.MIN_WEIGHTS} weights .* got 20"):
         diagnostics.pareto_k(jnp.zeros(20))
     assert np.isfinite(diagnostics.pareto_k(jax.random.normal(jax.random.key(0), (21,))))
+
+
+def test_a_log_target_returning_a_vector_is_refused_clearly():
+    flow = jf.Flow(jf.standard_normal(2), jf.bijectors.affine(2))
+    message = r"log_target must map one event of shape \(2,\) to a scalar, got shape \(2,\)"
+    with pytest.raises(ValueError, match=message):
+        diagnostics.importance_diagnostics(jax.random.key(0), flow, flow.init(jax.random.key(0)), lambda x: -x**2)

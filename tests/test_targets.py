@@ -249,3 +249,14 @@ def test_laplace_approximation_of_a_density_without_a_mode_is_refused():
     ramp = targets.Target("ramp", 2, lambda x: jnp.sum(x), None)
     with pytest.raises(ValueError, match="ramp has no mode with a positive-definite Hessian"):
         targets.laplace_approximation(ramp)
+
+
+def test_laplace_approximation_refuses_a_saddle():
+    """L-BFGS from 0 never moves off the saddle between two modes; the inverse Hessian's diagonal is positive there."""
+    centre = 2.0 * jnp.ones(3) / jnp.sqrt(3.0)
+
+    def two_modes(x):
+        return jnp.logaddexp(-0.5 * jnp.sum((x - centre) ** 2), -0.5 * jnp.sum((x + centre) ** 2))
+
+    with pytest.raises(ValueError, match="stopped at .0.0, 0.0, 0.0., where the Hessian of -log_density has eigenvalues -3, 1, 1"):
+        targets.laplace_approximation(targets.Target("two_modes", 3, two_modes, None))

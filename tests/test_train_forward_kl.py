@@ -130,6 +130,64 @@ def test_nonfinite_steps_raise_or_are_counted():
     jax.tree.map(np.testing.assert_array_equal, fitted, params)
 
 
+def test_skipped_steps_move_schedules_on_but_leave_the_moments():
+    """A skipped step keeps Adam's moments and count, while the learning rate follows the step (it stalled)."""
+    def loss(params, bad):
+        return jnp.where(bad, jnp.nan, jnp.sum((params["w"] - 3.0) ** 2))
+
+    for optimizer, counts in [
+        (optax.adam(optax.linear_schedule(1.0, 0.0, 10)), lambda s: (s[0].count, s[1].count)),
+        (optax.inject_hyperparams(optax.adam)(optax.linear_schedule(1.0, 0.0, 10)),
+         lambda s: (s.inner_state[0].count, s.count)),
+    ]:
+        step = jax.jit(make_step(loss, optimizer))
+        state = init_state({"w": jnp.zeros(2)}, optimizer)
+        for i in range(10):
+            state, _ = step(state, i % 2 == 0)
+        assert int(state.step) == 10 and tuple(map(int, counts(state.opt_state))) == (5, 10)
+
+
+def test_optimizers_that_read_the_loss_get_it():
+    """optax's reduce_on_plateau needs value=, L-BFGS value= and value_fn= (a raw optax TypeError before)."""
+    quadratic = lambda params: jnp.sum((params["w"] - 3.0) ** 2)  # noqa: E731
+    state = init_state({"w": jnp.zeros(2)}, lbfgs := optax.lbfgs())
+    step = jax.jit(make_step(quadratic, lbfgs))
+    for _ in range(5):
+        state, _ = step(state)
+    np.testing.assert_allclose(state.params["w"], 3.0, rtol=1e-5)
+
+    flat = lambda params: jnp.sum(params["w"]) * 0.0 + 1.0  # noqa: E731  (a plateau from the start)
+    plateau = optax.chain(optax.sgd(0.1), optax.contrib.reduce_on_plateau(factor=0.5, patience=2))
+    state = init_state({"w": jnp.zeros(2)}, plateau)
+    step = jax.jit(make_step(flat, plateau))
+    for _ in range(6):
+        state, _ = step(state)
+    assert float(state.opt_state[1].scale) < 1.0
+
+
+def test_validation_rows_outside_the_support_are_refused_before_training():
+    """One boundary value of a flow onto (0, 1)^2 scored NaN at every evaluation: patience ran out, silently."""
+    flow = jf.Flow(jf.standard_normal(2), jf.chain(jf.bijectors.affine(2), jf.bijectors.sigmoid(2)))
+    data = np.random.default_rng(0).beta(2, 5, size=(200, 2)).astype(np.float32)
+    valid = data[:50].copy()
+    valid[17, 0] = 0.0
+    with pytest.raises(ValueError, match=r"1 of 50 validation rows have log q = .*the first: \[0\. "):
+        forward_kl.fit(jax.random.key(0), flow, flow.init(jax.random.key(0)), data, validation_data=valid,
+                       num_steps=20, patience=2, progress=False)
+
+
+def test_a_nonfinite_validation_loss_warns_and_is_never_the_best():
+    flow = affine_flow()
+    params = flow.init(jax.random.key(0))
+    tracker = forward_kl._BestOnValidation(flow, (gaussian_data()[:64], None), 3, 32, jax.random.key(1))
+    first = init_state(params, optax.sgd(0.1))
+    tracker(first, None)
+    diverged = jax.tree.map(lambda a: a * jnp.nan, params)
+    with pytest.warns(RuntimeWarning, match="after step 0, 64 of 64 validation rows have log q = nan"):
+        tracker(init_state(diverged, optax.sgd(0.1)), None)
+    assert tracker.best_params is first.params and tracker.chunks_since_best == 1
+
+
 def test_early_stopping_stops_after_patience_and_restores_the_best_params():
     flow = affine_flow()
     rng = np.random.default_rng(0)
@@ -221,6 +279,7 @@ def test_conditional_fit_uses_the_context():
         (dict(patience=0), ValueError, "patience must be a positive number of chunks"),
         (dict(batch_size=0), ValueError, "batch_size must be a positive integer, got 0"),
         (dict(batch_size=-4), ValueError, "batch_size must be a positive integer, got -4"),
+        (dict(batch_size=2.9), ValueError, "batch_size must be a positive integer, got 2.9"),  # was 2
         (dict(validation_context=np.ones((7, 9), np.float32)), ValueError, "validation_context was given without"),
     ],
 )

@@ -184,7 +184,9 @@ def test_nonfinite_steps_are_skipped_or_raise():
     def sometimes_nan(x):  # NaN, and NaN gradients, where x[0] > 3: about 8% of the steps sample there
         return -0.5 * x @ x + 0.0 * jnp.sqrt(3.0 - x[0])
 
-    fitted, history = reverse_kl.fit(jax.random.key(0), flow, params, sometimes_nan, num_steps=200, progress=False)
+    with pytest.warns(RuntimeWarning, match="of the 200 steps were skipped .*the first at step .*a biased subset"):
+        fitted, history = reverse_kl.fit(jax.random.key(0), flow, params, sometimes_nan, num_steps=200,
+                                         progress=False)
     assert 0 < history["num_skipped"] < 100
     assert all(np.isfinite(leaf).all() for leaf in jax.tree.leaves(fitted))
     with pytest.raises(FloatingPointError, match="step 0"):
@@ -223,6 +225,14 @@ def test_bad_options_are_refused(target, options, message):
     flow = affine_flow()
     with pytest.raises((ValueError, TypeError), match=message):
         reverse_kl.fit(jax.random.key(0), flow, flow.init(jax.random.key(0)), target, progress=False, **options)
+
+
+def test_annealing_past_the_last_step_warns():
+    """With anneal_steps 300 of 30 steps the fit ended on p~^0.016 without a word."""
+    flow = affine_flow()
+    with pytest.warns(RuntimeWarning, match="the last of the 30 steps targets p~\\^beta with beta = 0.0156"):
+        reverse_kl.fit(jax.random.key(0), flow, flow.init(jax.random.key(0)), gaussian_target, num_steps=30,
+                       anneal_steps=300, progress=False)
 
 
 def test_iwae_needs_whole_groups():

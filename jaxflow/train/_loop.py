@@ -48,6 +48,8 @@ Save = Callable[[TrainState, dict], None]
 RunChunk = Callable[[TrainState, int], "tuple[TrainState, StepInfo]"]
 
 ON_NONFINITE = ("skip", "raise")
+# One bad batch in a hundred is what skipping is for; beyond it the steps taken are a biased subset.
+MAX_SKIPPED_SHARE = 0.01
 
 
 def scan_steps(step: Callable, state: TrainState, inputs) -> tuple[TrainState, StepInfo]:
@@ -93,8 +95,9 @@ def run(
       num_steps: steps to have taken in all (fewer if a callback stops training).
       chunk_size: steps per host round trip.
       progress: show a tqdm bar with the loss and steps/s, updated per chunk.
-      on_nonfinite: "skip" counts skipped steps in the history (a RuntimeWarning if every
-        step was); "raise" raises FloatingPointError naming the first skipped step, after its chunk.
+      on_nonfinite: "skip" counts skipped steps in the history (a RuntimeWarning if more
+        than `MAX_SKIPPED_SHARE` of the steps were); "raise" raises FloatingPointError
+        naming the first skipped step, after its chunk.
       callbacks: called after every chunk as described in the module docstring
         (None entries are ignored).
       description: label of the progress bar.
@@ -137,14 +140,30 @@ def run(
                 save(state, so_far)
     history = {name: values[:done] for name, values in history.items()}
     history["num_skipped"] = np.asarray(history["skipped"].sum())
-    if done and history["num_skipped"] == done:
-        warnings.warn(
-            f"{description}: every one of the {done} steps was skipped (loss, gradient or updated params not "
-            "finite), so the params are the initial ones; pass on_nonfinite='raise' to stop at the first such step.",
-            RuntimeWarning,
-            stacklevel=warning_stacklevel,
-        )
+    _warn_of_skipped_steps(description, history["skipped"], first_step, warning_stacklevel + 1)
     return state, history
+
+
+def _warn_of_skipped_steps(description: str, skipped: np.ndarray, first_step: int, stacklevel: int) -> None:
+    """A RuntimeWarning when more than `MAX_SKIPPED_SHARE` of the steps were skipped: what they fit is biased."""
+    count, done = int(skipped.sum()), skipped.size
+    if count <= MAX_SKIPPED_SHARE * done:
+        return
+    if count == done:
+        what = f"every one of the {done} steps was skipped (loss, gradient or updated params not finite), so the " \
+               "params are the initial ones"
+    else:
+        what = (
+            f"{count} of the {done} steps were skipped (loss, gradient or updated params not finite; the first at "
+            f"step {first_step + int(np.argmax(skipped))}), so the params were fitted to the batches or draws that "
+            "gave finite values alone, a biased subset (a target of -inf somewhere its flow puts mass? map the flow "
+            "into the target's support with a constraining bijector)"
+        )
+    warnings.warn(
+        f"{description}: {what}; pass on_nonfinite='raise' to stop at the first such step.",
+        RuntimeWarning,
+        stacklevel=stacklevel,
+    )
 
 
 def run_resumable(

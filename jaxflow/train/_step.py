@@ -6,8 +6,12 @@
     state, info = step(state, batch)
 
 A step whose loss, gradients or updated params are not finite leaves params and
-optimizer state untouched and says so in `info.skipped`: one bad batch never
-corrupts the params.
+optimizer state untouched (but for its schedules' step counts, which move on) and says
+so in `info.skipped`: one bad batch never corrupts the params.
+
+Optimizers that read the loss get it: `update` is called with `value=` (the loss),
+`grad=` and `value_fn=` (the loss as a function of the params), as
+`optax.contrib.reduce_on_plateau` and `optax.lbfgs` need; others ignore them.
 """
 
 from __future__ import annotations
@@ -29,7 +33,8 @@ class TrainState(NamedTuple):
       params: the model params (a pytree of float arrays).
       opt_state: the optax optimizer state.
       step: int32 scalar, the number of steps taken so far, skipped ones included
-        (so batch order, keys and annealing never stall on a bad step).
+        (so batch order, keys, annealing and learning-rate schedules never stall on a
+        bad step).
     """
 
     params: Params
@@ -84,28 +89,51 @@ def make_step(
       loss_fn: `(params, *args) -> scalar` to minimise.
       optimizer: an optax gradient transformation.
       skip_nonfinite: if True, a step with a non-finite loss, gradient or
-        updated params keeps the old params and optimizer state and reports
-        `skipped=True`. If False, every step is applied as computed.
+        updated params keeps the old params and optimizer state (its schedules'
+        step counts excepted) and reports `skipped=True`. If False, every step is
+        applied as computed.
 
     Returns:
       `step(state, *args) -> (TrainState, StepInfo)`.
     """
     value_and_grad = jax.value_and_grad(loss_fn)
+    optimizer = optax.with_extra_args_support(optimizer)
 
     def step(state: TrainState, *args) -> tuple[TrainState, StepInfo]:
         loss, grads = value_and_grad(state.params, *args)
-        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+        updates, opt_state = optimizer.update(
+            grads, state.opt_state, state.params, value=loss, grad=grads, value_fn=lambda p: loss_fn(p, *args)
+        )
         params = optax.apply_updates(state.params, updates)
         grad_norm = optax.global_norm(grads)
         if skip_nonfinite:
             finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & _all_finite(params)
-            params, opt_state = optax.tree.where(finite, (params, opt_state), (state.params, state.opt_state))
+            kept_opt_state = _with_schedules_of(state.opt_state, opt_state)
+            params, opt_state = optax.tree.where(finite, (params, opt_state), (state.params, kept_opt_state))
             skipped = ~finite
         else:
             skipped = jnp.zeros((), bool)
         return TrainState(params, opt_state, state.step + 1), StepInfo(loss, grad_norm, skipped)
 
     return step
+
+
+_SCHEDULE_STATES = (optax.ScaleByScheduleState, optax.InjectHyperparamsState, optax.InjectStatefulHyperparamsState)
+
+
+def _with_schedules_of(old, new):
+    """The optimizer state `old` with the schedules' step counts (and hyperparams they set) of `new`.
+
+    Moments, accumulators and every other counter (Adam's bias correction) stay as in `old`.
+    """
+    def pick(old_node, new_node):
+        if isinstance(old_node, optax.ScaleByScheduleState):
+            return new_node
+        if isinstance(old_node, _SCHEDULE_STATES):  # injected hyperparams: the inner optimizer's state stays
+            return new_node._replace(inner_state=_with_schedules_of(old_node.inner_state, new_node.inner_state))
+        return old_node
+
+    return jax.tree.map(pick, old, new, is_leaf=lambda node: isinstance(node, _SCHEDULE_STATES))
 
 
 def _all_finite(tree) -> jax.Array:

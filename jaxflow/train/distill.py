@@ -108,7 +108,8 @@ def fit(
       clip_norm: clip gradients to this global norm before the optimizer.
       chunk_size: steps per `lax.scan` chunk (one host round trip each).
       progress: show a progress bar.
-      on_nonfinite: "skip" steps whose loss or gradient is not finite, or "raise".
+      on_nonfinite: "skip" steps whose loss or gradient is not finite (a RuntimeWarning
+        when more than 1% were), or "raise".
       callback: `(state, history) -> bool | None` called after every chunk; True stops.
       checkpoint_dir: a directory for checkpoints (`jaxflow.checkpoint`). If it
         holds one of a run of this student started with this key, distilling

@@ -19,6 +19,7 @@ up to the order of floating-point sums.
 from __future__ import annotations
 
 import functools
+import warnings
 
 import jax
 import jax.numpy as jnp
@@ -94,7 +95,8 @@ def fit(
       clip_norm: clip gradients to this global norm before the optimizer.
       chunk_size: steps per `lax.scan` chunk (one host round trip each).
       progress: show a progress bar.
-      on_nonfinite: "skip" steps whose loss or gradient is not finite, or "raise".
+      on_nonfinite: "skip" steps whose loss or gradient is not finite (a RuntimeWarning
+        when more than 1% were), or "raise".
       callback: `(state, history) -> bool | None` called after every chunk; True stops.
       checkpoint_dir: a directory for checkpoints (`jaxflow.checkpoint`). If it
         holds one of a run of this model on this data (shapes, dtypes and a hash
@@ -125,8 +127,8 @@ def fit(
         raise ValueError("patience needs a validation set: pass validation_data=... or validation_fraction > 0.")
     if patience is not None and int(patience) < 1:
         raise ValueError(f"patience must be a positive number of chunks (or None: never stop early), got {patience}.")
-    if int(batch_size) < 1:
-        raise ValueError(f"batch_size must be a positive integer, got {batch_size}.")
+    if not is_positive_int(batch_size):
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}.")
 
     num_rows = train[0].shape[0]
     requested_batch_size, batch_size = batch_size, min(int(batch_size), num_rows)
@@ -165,6 +167,8 @@ def fit(
         if tracker is not None:
             tracker.resume(history, snapshot.extra)
             num_steps = len(history["loss"]) if tracker.exhausted else num_steps
+    if tracker is not None:
+        tracker.check_scores(state.params)
     state, history = _loop.run(
         lambda state, length: run_chunk(state, train, length),
         sharding.replicate(state, mesh),
@@ -200,7 +204,7 @@ class _BestOnValidation:
     def __init__(self, flow, valid, patience, batch_size, key):
         log_det_keys = jax.random.split(key, valid[0].shape[0]) if flow.bijector.stochastic else None
         self.valid, self.patience = (*valid, log_det_keys), patience
-        self.evaluate = jax.jit(functools.partial(_mean_negative_log_prob, flow, batch_size=batch_size))
+        self.log_probs = jax.jit(functools.partial(_log_probs, flow, batch_size=batch_size))
         self.losses, self.steps = [], []
         self.best_loss, self.best_params, self.best_step, self.chunks_since_best = np.inf, None, -1, 0
 
@@ -208,9 +212,26 @@ class _BestOnValidation:
     def exhausted(self) -> bool:
         return self.patience is not None and self.chunks_since_best >= self.patience
 
+    def check_scores(self, params):
+        """ValueError unless every validation row has a finite log q at `params` (the start of training)."""
+        log_q = np.asarray(self.log_probs(params, *self.valid))
+        if not np.isfinite(log_q).all():
+            raise ValueError(f"forward_kl.fit: {self._nonfinite_rows(log_q)} at the start of training: outside "
+                             "the flow's support? (every evaluation would read NaN or inf)")
+
+    def _nonfinite_rows(self, log_q) -> str:
+        bad = np.flatnonzero(~np.isfinite(log_q))
+        row = np.asarray(self.valid[0][bad[0]])
+        return f"{bad.size} of {log_q.size} validation rows have log q = {log_q[bad[0]]} or another non-finite " \
+               f"value (the first: {np.array2string(row, threshold=8, precision=6)})"
+
     def __call__(self, state, history):
         del history
-        value = float(self.evaluate(state.params, *self.valid))
+        log_q = np.asarray(self.log_probs(state.params, *self.valid))
+        value = -float(log_q.mean())
+        if not np.isfinite(value):
+            warnings.warn(f"forward_kl.fit: after step {int(state.step)}, {self._nonfinite_rows(log_q)}; such an "
+                          "evaluation is never the best", RuntimeWarning, stacklevel=2)
         self.losses.append(value)
         self.steps.append(int(state.step))
         if value < self.best_loss:
@@ -238,12 +259,11 @@ class _BestOnValidation:
         self.chunks_since_best = len(self.losses) - 1 - best
 
 
-def _mean_negative_log_prob(flow, params, x, context, log_det_keys, *, batch_size):
-    """-mean log q over a whole set, evaluated `batch_size` rows at a time (`log_det_keys`: one per row, or None)."""
-    log_q = jax.lax.map(
+def _log_probs(flow, params, x, context, log_det_keys, *, batch_size):
+    """log q of each row of a whole set (n,), `batch_size` rows at a time (`log_det_keys`: one per row, or None)."""
+    return jax.lax.map(
         lambda row: flow.log_prob(params, *row[:2], key=row[2]), (x, context, log_det_keys), batch_size=batch_size
     )
-    return -jnp.mean(log_q)
 
 
 def _batch_indices(key, first_step, length: int, num_rows: int, batch_size: int) -> jax.Array:

@@ -31,6 +31,7 @@ Burda et al. (2015) IWAE, https://arxiv.org/abs/1509.00519.
 from __future__ import annotations
 
 import functools
+import warnings
 from collections.abc import Callable
 
 import jax
@@ -38,7 +39,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from jaxflow.bijectors._checks import is_positive_int
 from jaxflow.train import _loop, sharding
+from jaxflow.train._log_target import check_log_target, log_target_values
 from jaxflow.train._step import init_state, make_step, with_clipping
 
 OBJECTIVES = ("elbo", "iwae")
@@ -69,7 +72,7 @@ def elbo_loss(
     x, log_q = sharding.constrain_batch(flow.sample_and_log_prob(params, key, (num_samples,)), mesh)
     if stick_the_landing:
         log_q = flow.log_prob(jax.lax.stop_gradient(params), x, key=log_det_key)
-    return jnp.mean(log_q - _log_density(log_target, x, flow.event_shape) / temperature)
+    return jnp.mean(log_q - log_target_values(log_target, x, flow.event_shape) / temperature)
 
 
 def iwae_loss(params, flow, key, log_target, num_samples: int, *, num_importance: int, temperature=1.0, mesh=None):
@@ -87,8 +90,11 @@ def iwae_loss(params, flow, key, log_target, num_samples: int, *, num_importance
     groups = (num_samples // num_importance, num_importance)
     sharding.check_batch(mesh, groups[0], "num_samples // num_importance")
     x, log_q = sharding.constrain_batch(flow.sample_and_log_prob(params, key, groups), mesh)
-    log_weights = _log_density(log_target, x, flow.event_shape) / temperature - log_q
+    log_weights = log_target_values(log_target, x, flow.event_shape) / temperature - log_q
     return -jnp.mean(jax.nn.logsumexp(log_weights, axis=1) - jnp.log(num_importance))
+
+
+MIN_FINAL_BETA = 0.9  # a fit whose last step targets p~^beta below it warns: it ends on another target
 
 
 def annealing_schedule(num_steps: int, *, initial_beta: float = 0.01) -> optax.Schedule:
@@ -142,11 +148,13 @@ def fit(
       num_importance: draws per IWAE bound.
       stick_the_landing: the STL gradient for the ELBO.
       anneal_steps: steps of `annealing_schedule` (0: no annealing), or any
-        optax-style schedule step -> beta in (0, 1].
+        optax-style schedule step -> beta in (0, 1]; a RuntimeWarning if the last
+        step's beta is below `MIN_FINAL_BETA` (0.9).
       clip_norm: clip gradients to this global norm before the optimizer.
       chunk_size: steps per `lax.scan` chunk (one host round trip each).
       progress: show a progress bar.
-      on_nonfinite: "skip" steps whose loss or gradient is not finite, or "raise".
+      on_nonfinite: "skip" steps whose loss or gradient is not finite (a RuntimeWarning
+        when more than 1% were), or "raise".
       callback: `(state, history) -> bool | None` called after every chunk; True stops.
       checkpoint_dir: a directory for checkpoints (`jaxflow.checkpoint`). If it
         holds one of a run of this model started with this key, on this
@@ -169,8 +177,15 @@ def fit(
         raise ValueError("stick_the_landing applies to the ELBO; it biases the IWAE gradient, so use objective='elbo'.")
     if flow.context_shape is not None:
         raise ValueError("reverse_kl.fit fits an unconditional flow; this one needs a context.")
-    _check_log_target(log_target, flow.event_shape)
+    check_log_target(log_target, flow.event_shape)
     schedule = anneal_steps if callable(anneal_steps) else annealing_schedule(anneal_steps)
+    final_beta = float(schedule(num_steps - 1)) if is_positive_int(num_steps) else 1.0
+    if final_beta < MIN_FINAL_BETA:
+        warnings.warn(
+            f"reverse_kl.fit: the last of the {num_steps} steps targets p~^beta with beta = {final_beta:.3g}, so the "
+            "fit ends on a tempered (wider) target; let the annealing end before the last step (anneal_steps <= "
+            "num_steps)", RuntimeWarning, stacklevel=2,
+        )
     if objective == "elbo":
         objective_loss = functools.partial(elbo_loss, stick_the_landing=stick_the_landing)
     else:
@@ -221,26 +236,8 @@ def _problem(flow, log_target, objective, num_importance, schedule) -> str:
     other hardware matches; the annealing by beta at fixed steps.
     """
     probes = jax.random.normal(jax.random.key(0), (_NUM_PROBES, *flow.event_shape))
-    values = jax.jit(lambda x: _log_density(log_target, x, flow.event_shape))(probes)
+    values = jax.jit(lambda x: log_target_values(log_target, x, flow.event_shape))(probes)
     rounded = np.array([float(f"{value:.3g}") for value in np.asarray(values, np.float64)])
     betas = " ".join(f"{float(schedule(step)):.3g}" for step in _PROBE_STEPS)
     how = objective if objective == "elbo" else f"iwae of {num_importance}"
     return f"target blake2b {_loop.digest(rounded)}, {how}, beta {betas}"
-
-
-def _log_density(log_target, x, event_shape):
-    """log_target over every event of x (*batch, *event_shape) -> (*batch)."""
-    batch_shape = x.shape[: x.ndim - len(event_shape)]
-    values = jax.vmap(log_target)(x.reshape(-1, *event_shape))
-    if values.ndim != 1:
-        raise ValueError(
-            f"log_target must map one event of shape {event_shape} to a scalar, got shape {values.shape[1:]}."
-        )
-    return values.reshape(batch_shape)
-
-
-def _check_log_target(log_target, event_shape):
-    if not callable(log_target):
-        raise TypeError(f"log_target must be a function of one event, got {type(log_target).__name__}.")
-    example = jax.ShapeDtypeStruct((1, *event_shape), jnp.float32)
-    jax.eval_shape(lambda x: _log_density(log_target, x, event_shape), example)
