@@ -450,3 +450,28 @@ def test_planar_stays_invertible_where_the_gain_softplus_underflows():
     x_back, inverse_log_det = bijector.inverse(params, y)
     assert np.isfinite(log_det) and log_det == -inverse_log_det
     np.testing.assert_allclose(x_back, x, atol=1e-6)
+
+
+@pytest.mark.parametrize("activation", ["leaky_relu", "tanh"])
+def test_float32_planar_layers_at_very_negative_w_dot_u_do_not_fold(activation):
+    """With 1 + gain floored at eps, the rounded u_hat broke w . u_hat > -1: at w . u = -16, a third of the layers
+    folded, round trips missed by 0.9 and log-dets by 3.4 nats (the inverse's by 16)."""
+    bijector = planar(3, activation=activation)
+    rng = np.random.default_rng(0)
+    w = rng.normal(size=(200, 3)).astype(np.float32)
+    u = rng.normal(size=(200, 3)).astype(np.float32)
+    u = u + ((-16.0 - np.sum(w * u, 1)) / np.sum(w * w, 1))[:, None] * w  # w . u = -16
+    x = 0.3 * rng.normal(size=(200, 3)).astype(np.float32)
+    x = x - (np.sum(w * x, 1) / np.sum(w * w, 1))[:, None] * w + 0.01 * w  # w . x just above 0, where h' is 1
+
+    @jax.jit
+    @jax.vmap
+    def round_trip(u, w, x):
+        params = {"u": u, "w": w, "bias": jnp.zeros((), jnp.float32)}
+        y, log_det = bijector.forward(params, x)
+        x_back, inverse_log_det = bijector.inverse(params, y)
+        return x_back, log_det, inverse_log_det
+
+    x_back, log_det, inverse_log_det = round_trip(u, w, x)
+    assert np.max(np.abs(x_back - x)) < 5e-3
+    assert np.max(np.abs(log_det + inverse_log_det)) < 1e-2

@@ -17,6 +17,7 @@ import pytest
 import jaxflow as jf
 from jaxflow.bijectors.residual import residual
 from jaxflow.bijectors.spectral_norm import normalise, spectral_norm_bound
+from jaxflow.flows import residual_flow
 from jaxflow.testing import perturbed_params
 
 DIM = 3
@@ -38,8 +39,9 @@ KINDS = ("exact", "series", "russian_roulette")
 @functools.cache
 def _block(kind="exact", num_probes=1):
     """Blocks of one architecture, whatever their log-det: they share params."""
+    probes = None if kind == "exact" else num_probes
     return residual(
-        DIM, hidden=HIDDEN, activation="tanh", lipschitz=LIPSCHITZ, log_det=kind, num_hutchinson_samples=num_probes
+        DIM, hidden=HIDDEN, activation="tanh", lipschitz=LIPSCHITZ, log_det=kind, num_hutchinson_samples=probes
     )
 
 
@@ -117,6 +119,14 @@ def test_spectral_norm_bound_of_zero_is_zero_with_finite_gradients():
     assert float(jax.jit(spectral_norm_bound)(zero)) == 0.0
     gradient = jax.jit(jax.grad(lambda w: jnp.sum(normalise(w, coefficient=0.9))))(zero)
     np.testing.assert_array_equal(gradient, np.ones((4, 3)))  # the identity map: zero is within the bound
+
+
+def test_spectral_norm_bound_gradient_holds_for_tiny_weights():
+    """The bound is homogeneous of degree 1, so its gradient is the same at W and s W; it was NaN below s = 1e-19."""
+    weight = jax.random.normal(jax.random.key(0), (8, 6))
+    gradient = jax.grad(spectral_norm_bound)(weight)
+    for scale in (1e-10, 1e-20, 1e-30):
+        np.testing.assert_allclose(jax.grad(spectral_norm_bound)(scale * weight), gradient, rtol=1e-4, atol=1e-6)
 
 
 @pytest.mark.float64
@@ -365,6 +375,25 @@ def test_estimates_and_their_gradients_are_right_on_average_many_keys(kind, seed
 def test_bad_arguments_are_rejected(kwargs):
     with pytest.raises(ValueError, match=f"residual: {next(iter(kwargs))} must"):
         residual(DIM, **kwargs)
+
+
+@pytest.mark.parametrize(
+    "log_det, kwargs, message",
+    [
+        ("exact", {"num_series_terms": 50}, r"log_det='exact' does not use num_series_terms; leave it unset, or "
+         r"choose a log_det that does \(series, russian_roulette\)"),
+        ("exact", {"num_hutchinson_samples": 4, "roulette_stop_probability": 0.1}, "does not use "
+         "num_hutchinson_samples, roulette_stop_probability; leave them unset"),
+        ("series", {"roulette_stop_probability": 0.1}, r"log_det='series' does not use roulette_stop_probability; .*"
+         r"\(russian_roulette\)"),
+    ],
+)
+def test_estimator_options_the_log_det_ignores_are_refused(log_det, kwargs, message):
+    """They were accepted and did nothing: exact log-dets with num_series_terms=50 were the same numbers."""
+    with pytest.raises(ValueError, match=message):
+        residual(DIM, log_det=log_det, **kwargs)
+    with pytest.raises(ValueError, match=message):
+        residual_flow(DIM, log_det=log_det, **kwargs)
 
 
 def test_bad_calls_raise_clear_errors():

@@ -68,6 +68,13 @@ from jaxflow.bijectors.transformers import softplus_inverse
 ACTIVATIONS = ("lipswish", "elu", "tanh")
 LOG_DETS = ("exact", "series", "russian_roulette")
 DEFAULT_NUM_SERIES_TERMS = {"series": 8, "russian_roulette": 2}
+DEFAULT_STOP_PROBABILITY = 0.5
+# The estimator options each log_det reads; `residual` refuses the others.
+_OPTIONS_READ = {
+    "exact": (),
+    "series": ("num_series_terms", "num_hutchinson_samples"),
+    "russian_roulette": ("num_series_terms", "num_hutchinson_samples", "roulette_stop_probability"),
+}
 _LIPSWISH_SLOPE_BOUND = 1.1  # max_t d/dt [t sigmoid(t)] = 1.0998...
 
 
@@ -229,8 +236,8 @@ def residual(
     lipschitz: float = 0.97,
     log_det: str = "exact",
     num_series_terms: int | None = None,
-    num_hutchinson_samples: int = 1,
-    roulette_stop_probability: float = 0.5,
+    num_hutchinson_samples: int | None = None,
+    roulette_stop_probability: float | None = None,
     fixed_point_tol: float | None = None,
     fixed_point_max_iter: int | None = None,
     context_dim: int | None = None,
@@ -246,11 +253,13 @@ def residual(
         are stochastic and take `key=` in forward and inverse.
       num_series_terms: terms always summed by the power series (default 8 for "series",
         2 for "russian_roulette").
-      num_hutchinson_samples: Hutchinson probes per estimate.
+      num_hutchinson_samples: Hutchinson probes per estimate (default 1).
       roulette_stop_probability: p of the geometric number of extra terms ((1 - p) / p on
-        average). The estimate's variance is finite where ||J_g(x)||_2^2 < 1 - p, and for
-        every x and params when p < 1 - lipschitz^2; the default 0.5 favours speed and does
-        not guarantee it once lipschitz^2 >= 0.5 (as at the default lipschitz).
+        average; default 0.5). The estimate's variance is finite where ||J_g(x)||_2^2 < 1 - p,
+        and for every x and params when p < 1 - lipschitz^2; the default 0.5 favours speed
+        and does not guarantee it once lipschitz^2 >= 0.5 (as at the default lipschitz).
+        These three options are refused where `log_det` does not use them: all of them
+        for "exact", the last for "series".
       fixed_point_tol: relative error at which `forward`'s iteration stops (default 4 eps of
         the input's dtype; it also stops when rounding stops its progress: see `fixed_point`).
       fixed_point_max_iter: iteration cap (default: twice the steps in which a contraction
@@ -261,11 +270,17 @@ def residual(
       A `Bijector` whose params are `ContractiveMLP`'s flax variables: {"params": {"dense_i":
       {"kernel", "bias"}, "lipswish_i" (per-unit raw beta), "context": {"kernel"}}}.
     """
+    estimator_options = {
+        "num_series_terms": num_series_terms, "num_hutchinson_samples": num_hutchinson_samples,
+        "roulette_stop_probability": roulette_stop_probability,
+    }
     _check_arguments(
-        {"dim": dim, "num_hutchinson_samples": num_hutchinson_samples},
-        {"num_series_terms": num_series_terms, "fixed_point_max_iter": fixed_point_max_iter},
+        {"dim": dim},
+        {"num_series_terms": num_series_terms, "num_hutchinson_samples": num_hutchinson_samples,
+         "fixed_point_max_iter": fixed_point_max_iter},
         activation, lipschitz, log_det, roulette_stop_probability, fixed_point_tol,
     )
+    _refuse_unused(log_det, estimator_options)
     hidden, context_dim = check_hidden("residual", hidden), check_context_dim("residual", context_dim)
     name = f"residual({log_det})"
     module = ContractiveMLP(hidden, dim, activation)
@@ -277,8 +292,8 @@ def residual(
         estimate = functools.partial(
             power_series_log_det,
             num_terms=num_series_terms or DEFAULT_NUM_SERIES_TERMS[log_det],
-            stop_probability=roulette_stop_probability if log_det == "russian_roulette" else 0.0,
-            num_probes=num_hutchinson_samples,
+            stop_probability=0.0 if log_det == "series" else roulette_stop_probability or DEFAULT_STOP_PROBABILITY,
+            num_probes=num_hutchinson_samples or 1,
         )
 
     def init(key):
@@ -336,7 +351,18 @@ def _check_arguments(counts, optional_counts, activation, lipschitz, log_det, st
         raise ValueError(f"residual: log_det must be one of {LOG_DETS}, got {log_det!r}.")
     if not 0 < lipschitz < 1:
         raise ValueError(f"residual: lipschitz must lie in (0, 1) for the block to be invertible, got {lipschitz}.")
-    if not 0 < stop_probability < 1:
+    if stop_probability is not None and not 0 < stop_probability < 1:
         raise ValueError(f"residual: roulette_stop_probability must lie in (0, 1), got {stop_probability}.")
     if tol is not None and not tol > 0:
         raise ValueError(f"residual: fixed_point_tol must be > 0 or None, got {tol}.")
+
+
+def _refuse_unused(log_det, options: dict) -> None:
+    """ValueError for an estimator option set (not None) that `log_det` would ignore."""
+    unused = [name for name, value in options.items() if value is not None and name not in _OPTIONS_READ[log_det]]
+    if unused:
+        raise ValueError(
+            f"residual: log_det={log_det!r} does not use {', '.join(unused)}; leave "
+            f"{'it' if len(unused) == 1 else 'them'} unset, or choose a log_det that does "
+            f"({', '.join(k for k, v in _OPTIONS_READ.items() if unused[0] in v)})."
+        )

@@ -57,7 +57,9 @@ def spectral_norm_bound(weight, *, num_squarings: int = DEFAULT_NUM_SQUARINGS):
     if num_squarings < 0:
         raise ValueError(f"spectral_norm_bound: num_squarings must be >= 0, got {num_squarings}.")
     rows, columns = weight.shape
-    scale = jnp.max(jnp.abs(weight))
+    # The bound is scale * f(weight / scale) with f homogeneous of degree 1, so holding scale
+    # constant leaves the gradient exact; differentiating it gave NaN (1 / scale^2) below 1e-19.
+    scale = jax.lax.stop_gradient(jnp.max(jnp.abs(weight)))
     nonzero = scale > 0
     scaled = weight / jnp.where(nonzero, scale, 1.0)  # entries in [-1, 1]: the Gram matrix neither over- nor underflows
     # Full float32 products whatever the default matmul precision (a GPU's TF32 would round the

@@ -28,8 +28,8 @@ def residual_flow(
     lipschitz: float = 0.9,
     log_det: str = "exact",
     num_series_terms: int | None = None,
-    num_hutchinson_samples: int = 1,
-    roulette_stop_probability: float = 0.5,
+    num_hutchinson_samples: int | None = None,
+    roulette_stop_probability: float | None = None,
     actnorm: bool = True,
     context_dim: int | None = None,
     unroll: int | bool = 1,
@@ -51,7 +51,8 @@ def residual_flow(
       log_det: "exact" (dense Jacobian; small dim), "series" (truncated, biased) or
         "russian_roulette" (unbiased); see `jaxflow.bijectors.residual`.
       num_series_terms, num_hutchinson_samples, roulette_stop_probability: options of
-        the stochastic estimators, passed to `jaxflow.bijectors.residual.residual`. The
+        the stochastic estimators, passed to `jaxflow.bijectors.residual.residual` (which
+        refuses those its `log_det` does not use). The
         roulette estimate's variance is finite where every block's actual Jacobian norm q
         at its input has q^2 < 1 - roulette_stop_probability; `lipschitz` only bounds q, so
         roulette_stop_probability < 1 - lipschitz^2 guarantees it. The defaults (0.9 and

@@ -43,7 +43,10 @@ def single_estimate_error_bound(dim: int, lipschitz: float, num_terms: int, stop
 
 
 def _stochastic(log_det):
-    return residual(DIM, hidden=HIDDEN, lipschitz=STOCHASTIC_LIPSCHITZ, log_det=log_det, roulette_stop_probability=0.5)
+    stop_probability = 0.5 if log_det == "russian_roulette" else None
+    return residual(
+        DIM, hidden=HIDDEN, lipschitz=STOCHASTIC_LIPSCHITZ, log_det=log_det, roulette_stop_probability=stop_probability
+    )
 
 
 def _tolerance(log_det):
