@@ -7,8 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxflow import flows, initialize_from_data, stack
-from jaxflow.bijectors import random_permutations
+from jaxflow import conditioners, flows, initialize_from_data, stack
+from jaxflow.bijectors import coupling, random_permutations, transformers
 from jaxflow.bijectors.actnorm import actnorm
 from jaxflow.bijectors.coupling import half_mask
 from jaxflow.conditioners.mlp import MLP, from_linen, from_nnx
@@ -149,8 +149,32 @@ def test_iaf_reverses_the_order_between_layers_and_the_other_autoregressive_flow
 def test_bad_configuration_is_refused():
     with pytest.raises(ValueError, match="permute"):
         flows.realnvp(4, permute="sideways")
-    with pytest.raises(ValueError, match="dim >= 2"):
+    with pytest.raises(ValueError, match=r"coupling flows: dim must be an integer >= 2 \(a coupling splits"):
         flows.realnvp(1)
+    # Raw errors from inside JAX before (maf(4.0): "x must be an integer"; seed=None: "not a valid value").
+    with pytest.raises(ValueError, match=r"autoregressive flows: dim must be an integer >= 1, got 4\.0"):
+        flows.maf(4.0)
+    with pytest.raises(ValueError, match=r"coupling flows: dim must be an integer >= 2 .*got '4'"):
+        flows.realnvp("4")
+    with pytest.raises(ValueError, match="flowpp: dim must be an integer >= 2"):
+        flows.flowpp(1)
+    with pytest.raises(ValueError, match=r"seed must be an int \(it draws the random permutations\), got None"):
+        flows.realnvp(4, seed=None)
+    with pytest.raises(ValueError, match="coupling: dim must be at least 2"):
+        coupling(1, transformers.affine())
+    for options in (dict(hidden_channels=2.5), dict(num_blocks=1.5), dict(out_channels=None)):
+        with pytest.raises(ValueError, match="resnet_cnn: need integers out_channels >= 1"):
+            conditioners.resnet_cnn((4, 4, 1), **(dict(out_channels=2) | options))
+
+
+def test_a_conditioner_of_the_wrong_output_size_is_refused_by_coupling():
+    """A raw reshape TypeError before; the layout (parameter-major, flat) is now in the error and the docstring."""
+    wide = lambda i, o, context_dim: conditioners.mlp(i, o + 1, hidden=(4,), context_dim=context_dim)  # noqa: E731
+    layer = coupling(4, transformers.affine(), conditioner=wide)
+    message = r"the conditioner must return a flat vector of 2 params x 2 transformed entries, shape \(4,\), " \
+              r"parameter-major; got shape \(5,\)"
+    with pytest.raises(ValueError, match=message):
+        layer.forward(layer.init(jax.random.key(0)), jnp.ones(4))
 
 
 @pytest.mark.parametrize(

@@ -77,9 +77,14 @@ def batch_shape_of(name: str, shape, event_shape) -> tuple[int, ...]:
     return shape[: len(shape) - event_ndim]
 
 
+def is_int_at_least(value, minimum: int) -> bool:
+    """Whether `value` is a Python or NumPy int (not a bool) of at least `minimum`."""
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool) and value >= minimum
+
+
 def is_positive_int(value) -> bool:
     """Whether `value` is a Python or NumPy int (not a bool) of at least 1."""
-    return isinstance(value, (int, np.integer)) and not isinstance(value, bool) and value >= 1
+    return is_int_at_least(value, 1)
 
 
 def check_dim(name: str, dim) -> int:

@@ -21,7 +21,7 @@ import numpy as np
 
 from jaxflow import conditioners
 from jaxflow.bijectors import transformers
-from jaxflow.bijectors._checks import check_context, check_event
+from jaxflow.bijectors._checks import check_context, check_dim, check_event
 from jaxflow.bijectors.base import Bijector
 
 
@@ -75,9 +75,14 @@ def coupling(
       hidden: widths of the default MLP conditioner.
       context_dim: size of the context vector for a conditional layer.
       conditioner: optional factory `(in_dim, out_dim, context_dim=...) -> Conditioner`
-        replacing the default MLP.
+        replacing the default MLP. Its network maps the identity part (in_dim,) to a flat
+        vector (out_dim,) = (transformer.num_params * num_transformed,), parameter-major:
+        the first param of every transformed entry, then the second, and so on.
       name: for error messages.
     """
+    dim = check_dim("coupling", dim)
+    if dim < 2:
+        raise ValueError(f"coupling: dim must be at least 2 (one part conditions the other), got {dim}.")
     mask = half_mask(dim) if mask is None else np.asarray(mask, bool)
     if mask.shape != (dim,) or mask.all() or not mask.any():
         raise ValueError(
@@ -97,7 +102,8 @@ def coupling(
         x_identity = take_identity(x)
         # Param-major: each param is a contiguous block of the output, so the kernel reads unit-stride
         # slices (interleaved params defeat XLA's CPU vectoriser; measured 2x on the affine kernel).
-        theta = net.apply(params, x_identity, context).reshape(transformer.num_params, num_rest).T
+        theta = _checked_output(name, net.apply(params, x_identity, context), transformer.num_params, num_rest)
+        theta = theta.reshape(transformer.num_params, num_rest).T
         y_rest, log_det = kernel(theta.astype(x.dtype), take_rest(x))
         return merge(x_identity, y_rest), jnp.sum(log_det)
 
@@ -108,6 +114,15 @@ def coupling(
         return run(transformer.inverse, params, y, context)
 
     return Bijector(net.init, forward, inverse, name)
+
+
+def _checked_output(name, theta, num_params, num_rest):
+    if theta.shape != (num_params * num_rest,):
+        raise ValueError(
+            f"{name}: the conditioner must return a flat vector of {num_params} params x {num_rest} transformed "
+            f"entries, shape ({num_params * num_rest},), parameter-major; got shape {theta.shape}."
+        )
+    return theta
 
 
 def affine_coupling(dim: int, **kwargs) -> Bijector:

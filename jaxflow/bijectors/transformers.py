@@ -74,7 +74,10 @@ def affine(min_scale: float = 1e-3) -> Transformer:
     offset = softplus_inverse(1.0 - min_scale)
 
     def scale_of(theta):
-        # = softplus(raw + c) + min_scale, written so that raw = 0 gives exactly 1 in any dtype.
+        # = softplus(raw + c) + min_scale, written so that raw = 0 gives 1 without the rounding of
+        # min_scale: exactly in eager calls, to one rounding under jit (XLA folds softplus(c)
+        # with rounding of its own). An exact form (log1p(sigmoid(c) expm1(raw)), split at 0
+        # against overflow) costs twice the transcendentals on RealNVP's hot path.
         return 1.0 + (jax.nn.softplus(theta[..., 1] + offset) - jax.nn.softplus(offset))
 
     def forward(theta, x):

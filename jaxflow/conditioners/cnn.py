@@ -14,7 +14,14 @@ from __future__ import annotations
 import flax.linen as nn
 import jax.numpy as jnp
 
-from jaxflow.bijectors._checks import as_shape, check_context, check_context_dim, check_event
+from jaxflow.bijectors._checks import (
+    as_shape,
+    check_context,
+    check_context_dim,
+    check_event,
+    is_int_at_least,
+    is_positive_int,
+)
 from jaxflow.conditioners.mlp import Conditioner
 
 _KERNEL = (3, 3)
@@ -85,10 +92,10 @@ def resnet_cnn(
     in_shape = as_shape(in_shape)
     if len(in_shape) != 3:
         raise ValueError(f"resnet_cnn: expected in_shape (H, W, C), got {in_shape}.")
-    if min(out_channels, hidden_channels) < 1 or num_blocks < 0:
+    if not (is_positive_int(out_channels) and is_positive_int(hidden_channels) and is_int_at_least(num_blocks, 0)):
         raise ValueError(
-            f"resnet_cnn: need out_channels >= 1, hidden_channels >= 1 and num_blocks >= 0, "
-            f"got {out_channels}, {hidden_channels} and {num_blocks}."
+            f"resnet_cnn: need integers out_channels >= 1, hidden_channels >= 1 and num_blocks >= 0, "
+            f"got {out_channels!r}, {hidden_channels!r} and {num_blocks!r}."
         )
     context_dim = check_context_dim("resnet_cnn", context_dim)
     context_shape = None if context_dim is None else (context_dim,)

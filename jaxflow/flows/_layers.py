@@ -13,6 +13,13 @@ from jaxflow.bijectors.permutation import inverse_permutations, permutation, ran
 from jaxflow.distributions import Flow, standard_normal
 
 
+def check_builder_dim(builder: str, dim, minimum: int = 1, why: str = "") -> int:
+    """A builder's event size `dim`, checked to be an integer >= `minimum` (`why`: the reason for it)."""
+    if not is_positive_int(dim) or dim < minimum:
+        raise ValueError(f"{builder}: dim must be an integer >= {minimum}{why}, got {dim!r}.")
+    return int(dim)
+
+
 def check_layers(num_layers) -> int:
     """A builder's `layers=`, checked to be an integer >= 1 (the error names the builder's option, not stack's)."""
     if not is_positive_int(num_layers):
@@ -29,7 +36,8 @@ def permuted_stack(
     Args:
       permute: "random" (an independent random permutation per layer, scanned as
         constants), "reverse" (flip, the same every layer) or "none".
-      seed: seed of the random permutations (configuration, not params).
+      seed: seed of the random permutations (configuration, not params); an int, unused by
+        "reverse" and "none".
       unroll: layers per loop iteration (see `stack`).
       transformed: bool (dim,), the positions a layer changes (a coupling's non-identity
         half); None when it changes all of them. Then the reorderings must bring every
@@ -38,6 +46,8 @@ def permuted_stack(
         is refused for more than one layer.
     """
     check_layers(num_layers)  # before the permutations are drawn for it
+    if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool):
+        raise ValueError(f"seed must be an int (it draws the random permutations), got {seed!r}.")
     if permute == "random":
         perms = _covering_permutations(jax.random.key(seed), num_layers, dim, transformed)
 

@@ -8,10 +8,11 @@ from jaxflow.bijectors import transformers
 from jaxflow.bijectors.autoregressive import inverse_autoregressive, masked_autoregressive
 from jaxflow.bijectors.spline import rational_quadratic_spline
 from jaxflow.distributions import Flow
-from jaxflow.flows._layers import permuted_stack, vector_flow
+from jaxflow.flows._layers import check_builder_dim, permuted_stack, vector_flow
 
 
 def _autoregressive_flow(layer_fn, dim, transformer, layers, hidden, context_dim, permute, seed, unroll) -> Flow:
+    dim = check_builder_dim("autoregressive flows", dim)
     make_layer = lambda: layer_fn(dim, transformer, hidden=hidden, context_dim=context_dim)  # noqa: E731
     stacked = permuted_stack(make_layer, dim, layers, permute=permute, seed=seed, unroll=unroll)
     return vector_flow(stacked, dim, context_dim)
@@ -42,7 +43,8 @@ def iaf(
     The flow for variational inference and for distillation students. It reverses the order
     between layers, as the paper does, where the other autoregressive builders permute at random:
     a posterior written in its model's order (global variables first) keeps them first in every
-    other layer, which fitted Neal's funnel far better (README, the posteriors table).
+    other layer, which fitted Neal's funnel far better (README, the posteriors table). `seed`
+    draws random permutations only: it changes nothing unless `permute="random"`.
 
     References: Kingma et al. (2016), https://arxiv.org/abs/1606.04934
     """
