@@ -217,7 +217,7 @@ def test_training_through_the_roulette_estimator_nearly_matches_training_with_th
     (lambda: residual_flow(3, lipschitz=1.0), "lipschitz"),
     (lambda: residual_flow(3, log_det="hutchinson"), "log_det"),
     (lambda: residual_flow(3, hidden=(8, 0)), "hidden"),
-    (lambda: flowpp(1), "dim >= 2"),
+    (lambda: flowpp(1), "flowpp: dim must be an integer >= 2"),
     (lambda: flowpp(3, components=0), "num_components"),
     (lambda: flowpp(3, closed_form="both"), "closed_form"),
     (lambda: flowpp(3, permute="sideways"), "permute"),
