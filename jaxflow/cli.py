@@ -266,9 +266,10 @@ def _plot(args, extra) -> None:
     del extra
     output = checked_output(args.output, image_formats())
     config, model, params = _load_run(args.run)
-    if args.data is None and _header(args) is not None:
+    header = _header(args)
+    if args.data is None and header is not None:
         raise CliError("--header describes the --data file: give --data, or drop --header")
-    data = None if args.data is None else _read_like_run(args.data, config, _header(args))
+    data = None if args.data is None else _read_like_run(args.data, config, header)
     samples = _draw(config, model, params, args.samples, args.seed)
     labels = _column_labels(config)
     if len(labels) > MAX_PLOT_COLUMNS:

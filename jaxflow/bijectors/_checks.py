@@ -77,9 +77,14 @@ def batch_shape_of(name: str, shape, event_shape) -> tuple[int, ...]:
     return shape[: len(shape) - event_ndim]
 
 
+def is_int(value) -> bool:
+    """Whether `value` is a Python or NumPy int (not a bool)."""
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
 def is_int_at_least(value, minimum: int) -> bool:
     """Whether `value` is a Python or NumPy int (not a bool) of at least `minimum`."""
-    return isinstance(value, (int, np.integer)) and not isinstance(value, bool) and value >= minimum
+    return is_int(value) and value >= minimum
 
 
 def is_positive_int(value) -> bool:
@@ -87,10 +92,11 @@ def is_positive_int(value) -> bool:
     return is_int_at_least(value, 1)
 
 
-def check_dim(name: str, dim) -> int:
-    """Returns `dim` as an int after checking that it is a positive int."""
-    if not is_positive_int(dim):
-        raise ValueError(f"{name}: dim must be a positive int, got {dim!r}.")
+def check_dim(name: str, dim, minimum: int = 1, why: str = "") -> int:
+    """Returns `dim` as an int after checking that it is an int >= `minimum` (`why`: the reason for it)."""
+    if not is_int_at_least(dim, minimum):
+        what = "a positive int" if minimum == 1 else f"an integer >= {minimum}"
+        raise ValueError(f"{name}: dim must be {what}{why}, got {dim!r}.")
     return int(dim)
 
 

@@ -80,9 +80,7 @@ def coupling(
         the first param of every transformed entry, then the second, and so on.
       name: for error messages.
     """
-    dim = check_dim("coupling", dim)
-    if dim < 2:
-        raise ValueError(f"coupling: dim must be at least 2 (one part conditions the other), got {dim}.")
+    dim = check_dim("coupling", dim, 2, " (one part conditions the other)")
     mask = half_mask(dim) if mask is None else np.asarray(mask, bool)
     if mask.shape != (dim,) or mask.all() or not mask.any():
         raise ValueError(

@@ -270,17 +270,12 @@ def residual(
       A `Bijector` whose params are `ContractiveMLP`'s flax variables: {"params": {"dense_i":
       {"kernel", "bias"}, "lipswish_i" (per-unit raw beta), "context": {"kernel"}}}.
     """
-    estimator_options = {
-        "num_series_terms": num_series_terms, "num_hutchinson_samples": num_hutchinson_samples,
-        "roulette_stop_probability": roulette_stop_probability,
-    }
+    estimator_counts = {"num_series_terms": num_series_terms, "num_hutchinson_samples": num_hutchinson_samples}
     _check_arguments(
-        {"dim": dim},
-        {"num_series_terms": num_series_terms, "num_hutchinson_samples": num_hutchinson_samples,
-         "fixed_point_max_iter": fixed_point_max_iter},
+        {"dim": dim}, estimator_counts | {"fixed_point_max_iter": fixed_point_max_iter},
         activation, lipschitz, log_det, roulette_stop_probability, fixed_point_tol,
     )
-    _refuse_unused(log_det, estimator_options)
+    _refuse_unused(log_det, estimator_counts | {"roulette_stop_probability": roulette_stop_probability})
     hidden, context_dim = check_hidden("residual", hidden), check_context_dim("residual", context_dim)
     name = f"residual({log_det})"
     module = ContractiveMLP(hidden, dim, activation)

@@ -7,17 +7,10 @@ from collections.abc import Callable
 import jax
 import numpy as np
 
-from jaxflow.bijectors._checks import is_positive_int
+from jaxflow.bijectors._checks import is_int, is_positive_int
 from jaxflow.bijectors.base import Bijector, chain, stack
 from jaxflow.bijectors.permutation import inverse_permutations, permutation, random_permutations, reverse
 from jaxflow.distributions import Flow, standard_normal
-
-
-def check_builder_dim(builder: str, dim, minimum: int = 1, why: str = "") -> int:
-    """A builder's event size `dim`, checked to be an integer >= `minimum` (`why`: the reason for it)."""
-    if not is_positive_int(dim) or dim < minimum:
-        raise ValueError(f"{builder}: dim must be an integer >= {minimum}{why}, got {dim!r}.")
-    return int(dim)
 
 
 def check_layers(num_layers) -> int:
@@ -46,7 +39,7 @@ def permuted_stack(
         is refused for more than one layer.
     """
     check_layers(num_layers)  # before the permutations are drawn for it
-    if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool):
+    if not is_int(seed):
         raise ValueError(f"seed must be an int (it draws the random permutations), got {seed!r}.")
     if permute == "random":
         perms = _covering_permutations(jax.random.key(seed), num_layers, dim, transformed)

@@ -5,14 +5,15 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from jaxflow.bijectors import transformers
+from jaxflow.bijectors._checks import check_dim
 from jaxflow.bijectors.autoregressive import inverse_autoregressive, masked_autoregressive
 from jaxflow.bijectors.spline import rational_quadratic_spline
 from jaxflow.distributions import Flow
-from jaxflow.flows._layers import check_builder_dim, permuted_stack, vector_flow
+from jaxflow.flows._layers import permuted_stack, vector_flow
 
 
 def _autoregressive_flow(layer_fn, dim, transformer, layers, hidden, context_dim, permute, seed, unroll) -> Flow:
-    dim = check_builder_dim("autoregressive flows", dim)
+    dim = check_dim("autoregressive flows", dim)
     make_layer = lambda: layer_fn(dim, transformer, hidden=hidden, context_dim=context_dim)  # noqa: E731
     stacked = permuted_stack(make_layer, dim, layers, permute=permute, seed=seed, unroll=unroll)
     return vector_flow(stacked, dim, context_dim)

@@ -9,12 +9,13 @@ import flax.linen as nn
 
 from jaxflow import conditioners
 from jaxflow.bijectors import transformers
+from jaxflow.bijectors._checks import check_dim
 from jaxflow.bijectors.base import chain
 from jaxflow.bijectors.coupling import coupling, half_mask
 from jaxflow.bijectors.elementwise import scale
 from jaxflow.bijectors.spline import rational_quadratic_spline
 from jaxflow.distributions import Flow
-from jaxflow.flows._layers import check_builder_dim, permuted_stack, vector_flow
+from jaxflow.flows._layers import permuted_stack, vector_flow
 
 # U(+-1/sqrt(fan_in)), PyTorch's and equinox's draw, a third of LeCun's variance. Measured with
 # 3 seeds each: spline couplings fit digits 1.5 nats per image better with it (benchmarks.digits)
@@ -28,7 +29,7 @@ def _coupling_flow(
     dim, transformer, layers, hidden, context_dim, permute, seed, unroll,
     kernel_init: Callable | None = None,
 ) -> Flow:
-    dim = check_builder_dim("coupling flows", dim, 2, _SPLIT)
+    dim = check_dim("coupling flows", dim, 2, _SPLIT)
     network = functools.partial(conditioners.mlp, hidden=hidden, kernel_init=kernel_init)
     make_layer = lambda: coupling(dim, transformer, context_dim=context_dim, conditioner=network)  # noqa: E731
     stacked = permuted_stack(

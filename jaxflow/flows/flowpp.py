@@ -13,12 +13,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from jaxflow.bijectors._checks import check_dim
 from jaxflow.bijectors.actnorm import actnorm as actnorm_layer
 from jaxflow.bijectors.base import chain
 from jaxflow.bijectors.coupling import coupling, half_mask
 from jaxflow.bijectors.mixture_cdf import logistic_mixture_cdf
 from jaxflow.distributions import Flow
-from jaxflow.flows._layers import check_builder_dim, permuted_stack, vector_flow
+from jaxflow.flows._layers import permuted_stack, vector_flow
 
 
 def flowpp(
@@ -55,7 +56,7 @@ def flowpp(
 
     References: Ho et al. (2019), https://arxiv.org/abs/1902.00275
     """
-    dim = check_builder_dim("flowpp", dim, 2, " (its couplings split the event; for dim 1 use an autoregressive flow)")
+    dim = check_dim("flowpp", dim, 2, " (its couplings split the event; for dim 1 use an autoregressive flow)")
     transformer = logistic_mixture_cdf(components, closed_form=closed_form)
 
     def make_layer():

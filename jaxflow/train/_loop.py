@@ -150,8 +150,10 @@ def _warn_of_skipped_steps(description: str, skipped: np.ndarray, first_step: in
     if count <= MAX_SKIPPED_SHARE * done:
         return
     if count == done:
-        what = f"every one of the {done} steps was skipped (loss, gradient or updated params not finite), so the " \
-               "params are the initial ones"
+        what = (
+            f"every one of the {done} steps was skipped (loss, gradient or updated params not finite), so the "
+            "params are the initial ones"
+        )
     else:
         what = (
             f"{count} of the {done} steps were skipped (loss, gradient or updated params not finite; the first at "

@@ -22,7 +22,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from jaxflow.train._log_target import check_log_target, log_target_values
+from jaxflow.train._log_target import log_target_values
 
 MIN_TAIL = 5
 MIN_WEIGHTS = 5 * (MIN_TAIL - 1) + 1  # the fewest weights whose `tail_size` is MIN_TAIL
@@ -58,7 +58,6 @@ def importance_diagnostics(key, flow, params, log_target, num_samples: int = 409
       log_target: one event -> scalar unnormalised log-density.
       num_samples: draws (at least `MIN_WEIGHTS`, 21, so that the Pareto tail has `MIN_TAIL` points).
     """
-    check_log_target(log_target, flow.event_shape)
     x, log_q = flow.sample_and_log_prob(params, key, (num_samples,))
     return summarize(log_target_values(log_target, x, flow.event_shape) - log_q)
 

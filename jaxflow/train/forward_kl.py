@@ -222,8 +222,10 @@ class _BestOnValidation:
     def _nonfinite_rows(self, log_q) -> str:
         bad = np.flatnonzero(~np.isfinite(log_q))
         row = np.asarray(self.valid[0][bad[0]])
-        return f"{bad.size} of {log_q.size} validation rows have log q = {log_q[bad[0]]} or another non-finite " \
-               f"value (the first: {np.array2string(row, threshold=8, precision=6)})"
+        return (
+            f"{bad.size} of {log_q.size} validation rows have log q = {log_q[bad[0]]} or another non-finite "
+            f"value (the first: {np.array2string(row, threshold=8, precision=6)})"
+        )
 
     def __call__(self, state, history):
         del history
