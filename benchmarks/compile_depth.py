@@ -19,7 +19,8 @@ from benchmarks._common import compile_seconds, environment, markdown_table, wri
 
 
 def available(libraries):
-    present = [lib for lib in libraries if lib.startswith("jaxflow") or importlib.util.find_spec(lib)]
+    """The libraries that can run here: all but the peer packages that are not installed."""
+    present = [lib for lib in libraries if lib not in peers.PEER_PACKAGES or importlib.util.find_spec(lib)]
     for missing in sorted(set(libraries) - set(present)):
         print(f"note: {missing} is not installed; skipped")
     return present

@@ -27,9 +27,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxflow import flows
-from jaxflow.bijectors import random_permutations
+from jaxflow.bijectors import random_permutations, transformers
 from jaxflow.bijectors._checks import as_shape
+from jaxflow.bijectors.coupling import half_mask
 from jaxflow.conditioners import MLP
+from jaxflow.flows._layers import _covering_permutations
 
 
 class Model(NamedTuple):
@@ -222,14 +224,66 @@ def distrax_model(name, key, event_shape, layers, hidden, bins=8) -> Model:
     return Model(params, lambda params, x: build(params).log_prob(x), sample)
 
 
+# written out ---------------------------------------------------------------------------------
+
+def written_out_model(name, key, event_shape, layers, hidden, bins=8) -> Model:
+    """jaxflow's RealNVP written out in jax.numpy: the floor a library's layers add their cost to.
+
+    The same params (jaxflow's, in its layouts), permutations and maths as `flows.realnvp`, as
+    one `lax.scan` of bare matrix products and element-wise code: no bijector protocol, no
+    checks, no conditioner modules. What jaxflow, flowjax and distrax take beyond it is what
+    their abstractions cost; tests/test_benchmarks.py checks it computes jaxflow's density.
+    """
+    if name != "realnvp":
+        raise ValueError(f"written_out_model: only 'realnvp' is written out, got {name!r}.")
+    dim = vector_dim(event_shape)
+    flow = flows.realnvp(dim, layers=layers, hidden=hidden)
+    perms = _covering_permutations(jax.random.key(0), layers, dim, ~half_mask(dim))  # realnvp's seed 0
+    orders = (jnp.asarray(perms), jnp.asarray(np.argsort(perms, axis=1)))
+    split, offset = dim // 2, transformers.softplus_inverse(1.0 - 1e-3)
+
+    def shift_and_scale(network, kept):
+        *hidden_layers, last = network["params"].values()
+        for dense in hidden_layers:
+            kept = jax.nn.relu(kept @ dense["kernel"] + dense["bias"])
+        shift, raw = jnp.split(kept @ last["weight"].T + last["bias"], 2, axis=-1)
+        return shift, 1.0 + jax.nn.softplus(raw + offset) - jax.nn.softplus(offset)
+
+    def log_prob(params, x):
+        def undo_layer(carry, layer):  # inverse permutation, then the inverse coupling
+            y, log_det = carry
+            network, (_, inverse_perm) = layer
+            y = y[:, inverse_perm]
+            shift, scale = shift_and_scale(network, y[:, :split])
+            x = jnp.concatenate([y[:, :split], (y[:, split:] - shift) / scale], axis=1)
+            return (x, log_det - jnp.sum(jnp.log(scale), axis=1)), None
+
+        start = (x, jnp.zeros(x.shape[0], x.dtype))
+        (z, log_det), _ = jax.lax.scan(undo_layer, start, (params["bijector"][0], orders), reverse=True)
+        return log_det - 0.5 * jnp.sum(z**2, axis=1) - 0.5 * dim * np.log(2 * np.pi)
+
+    def sample(params, key, n):
+        def layer(x, layer):  # the coupling, then the permutation
+            network, (perm, _) = layer
+            shift, scale = shift_and_scale(network, x[:, :split])
+            return jnp.concatenate([x[:, :split], x[:, split:] * scale + shift], axis=1)[:, perm], None
+
+        z = jax.random.normal(key, (n, dim))
+        return jax.lax.scan(layer, z, (params["bijector"][0], orders))[0]
+
+    return Model(flow.init(key), log_prob, sample)
+
+
 FLOWJAX_MODELS = ("realnvp", "maf", "nsf")
 DISTRAX_MODELS = ("realnvp", "nsf")
+PEER_PACKAGES = ("flowjax", "distrax")  # the libraries that are packages of their own
 # library -> (the models it expresses, their builder)
 LIBRARIES = {
     "jaxflow": ((*_JAXFLOW_VECTOR_FLOWS, *_JAXFLOW_IMAGE_FLOWS), jaxflow_model),
     "jaxflow-unrolled": (UNROLLED_MODELS, jaxflow_unrolled_model),
     "flowjax": (FLOWJAX_MODELS, flowjax_model),
     "distrax": (DISTRAX_MODELS, distrax_model),
+    "written-out": (("realnvp",), written_out_model),
 }
 
 

@@ -14,10 +14,12 @@ Medians over repeats, each repeat timing every library in turn (so a change in t
 reaches all of them alike), `block_until_ready` on every result; a call shorter than 20 ms is
 repeated within one timing. Runs unchanged on CPU/GPU/TPU.
 The `jaxflow-unrolled` rows are jaxflow's realnvp/maf/nsf with `unroll=True` (longer compile, no
-loop).
+loop); the `written-out` row is jaxflow's RealNVP written out in bare jax.numpy (the same params,
+permutations and maths in one `lax.scan`, `peers.written_out_model`): the floor every library's
+RealNVP row stands on.
 
     python -m benchmarks.run --suite quick --repeats 9 --out results/quick.json
-    python -m benchmarks.run --suite full --compare flowjax,distrax,jaxflow-unrolled --out results/full.json
+    python -m benchmarks.run --suite full --compare flowjax,distrax,jaxflow-unrolled,written-out --out results/full.json
 """
 
 from __future__ import annotations
@@ -209,8 +211,9 @@ def parse_args(argv):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--suite", choices=sorted(SUITES), default="quick")
     parser.add_argument(
-        "--compare", default="flowjax,distrax,jaxflow-unrolled",
-        help="comma-separated peers ('' for none); jaxflow-unrolled is jaxflow with unroll=True",
+        "--compare", default="flowjax,distrax,jaxflow-unrolled,written-out",
+        help="comma-separated peers ('' for none); jaxflow-unrolled is jaxflow with unroll=True, "
+        "written-out jaxflow's RealNVP in bare jax.numpy",
     )
     parser.add_argument("--models", default=",".join(MODELS), help="comma-separated names from MODELS")
     parser.add_argument("--eval-batch", type=int, default=EVAL_BATCH, help="batch of the log_prob and sample timings")
@@ -221,6 +224,8 @@ def parse_args(argv):
     parser.add_argument("--out", default=None)
     args = parser.parse_args(argv)
     check_names(parser, "models", args.models, MODELS)
+    if args.compare:
+        check_names(parser, "compare", args.compare, peers.LIBRARIES)
     return args
 
 

@@ -7,8 +7,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from jax.flatten_util import ravel_pytree
 
 from benchmarks import dense_layout, digits, kernels, peers, run
+from jaxflow import flows
 
 MEASURES = ("compile_s", "train_step_ms", "log_prob_per_s", "sample_per_s", "train_gflops", "flops_fraction")
 
@@ -56,6 +58,29 @@ def test_unknown_model_is_a_clear_error(capsys):
     with pytest.raises(SystemExit):
         run.main(["--models", "glow,unet"])
     assert "unknown models ['unet']" in capsys.readouterr().err
+
+
+def test_unknown_peer_is_a_clear_error(capsys):
+    with pytest.raises(SystemExit):
+        run.main(["--models", "realnvp", "--compare", "flowjax,nflows"])
+    assert "unknown compare ['nflows']" in capsys.readouterr().err
+
+
+def test_written_out_realnvp_computes_jaxflows_density_and_samples():
+    """The floor row does jaxflow's work: its density is jaxflow's, its samples invert to its base draws."""
+    dim, layers, hidden = 6, 3, (8, 8)
+    ours = peers.build("jaxflow", "realnvp", jax.random.key(0), dim, layers, hidden)
+    written_out = peers.build("written-out", "realnvp", jax.random.key(0), dim, layers, hidden)
+    flat, unravel = ravel_pytree(ours.params)
+    params = unravel(flat + 0.2 * jax.random.normal(jax.random.key(1), flat.shape))
+    x = jax.random.normal(jax.random.key(2), (5, dim))
+    np.testing.assert_allclose(written_out.log_prob(params, x), ours.log_prob(params, x), rtol=1e-5, atol=1e-5)
+
+    draws = written_out.sample(params, jax.random.key(3), 5)
+    flow = flows.realnvp(dim, layers=layers, hidden=hidden)
+    base_draws = jax.vmap(lambda y: flow.bijector.inverse(params["bijector"], y)[0])(draws)
+    np.testing.assert_allclose(base_draws, jax.random.normal(jax.random.key(3), (5, dim)), atol=1e-5)
+    assert peers.build("written-out", "maf", jax.random.key(0), dim, layers, hidden) is None
 
 
 @pytest.mark.parametrize("name", ["realnvp", "maf", "nsf"])

@@ -7,6 +7,7 @@ from functools import partial
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.flatten_util import ravel_pytree
 
 from jaxflow.bijectors.base import Bijector, transform
 
@@ -107,12 +108,10 @@ def _slopes(loss, gradients, params, point):
     best (numdifftools' choice of step), so that steep or only piecewise-smooth losses (a
     spline's knots) are judged by the step where the differences have settled.
     """
-    leaves, treedef = jax.tree.flatten((params, point))
-    keys = jax.random.split(jax.random.key(1), len(leaves))
-    draws = [jax.random.normal(k, jnp.shape(a), jnp.result_type(a)) for k, a in zip(keys, leaves)]
-    norm = jnp.sqrt(sum(jnp.sum(d**2) for d in draws))
-    direction = jax.tree.unflatten(treedef, [d / norm for d in draws])
-    analytic = sum(jnp.vdot(g, d) for g, d in zip(jax.tree.leaves(gradients), jax.tree.leaves(direction)))
+    flat, unravel = ravel_pytree((params, point))
+    draw = jax.random.normal(jax.random.key(1), flat.shape, flat.dtype)  # one draw: one PRNG kernel to compile
+    direction = unravel(draw / jnp.linalg.norm(draw))
+    analytic = jnp.vdot(ravel_pytree(gradients)[0], ravel_pytree(direction)[0])
 
     def moved_loss(t):
         return loss(*jax.tree.map(lambda a, d: a + t * d, (params, point), direction))
