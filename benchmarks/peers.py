@@ -242,6 +242,9 @@ def written_out_model(name, key, event_shape, layers, hidden, bins=8) -> Model:
     orders = (jnp.asarray(perms), jnp.asarray(np.argsort(perms, axis=1)))
     split, offset = dim // 2, transformers.softplus_inverse(1.0 - 1e-3)
 
+    def reordered(x, order):  # jaxflow's gather: indices promised unique and in bounds
+        return jnp.take(x, order, axis=1, mode="clip", unique_indices=True)
+
     def shift_and_scale(network, kept):
         *hidden_layers, last = network["params"].values()
         for dense in hidden_layers:
@@ -253,7 +256,7 @@ def written_out_model(name, key, event_shape, layers, hidden, bins=8) -> Model:
         def undo_layer(carry, layer):  # inverse permutation, then the inverse coupling
             y, log_det = carry
             network, (_, inverse_perm) = layer
-            y = y[:, inverse_perm]
+            y = reordered(y, inverse_perm)
             shift, scale = shift_and_scale(network, y[:, :split])
             x = jnp.concatenate([y[:, :split], (y[:, split:] - shift) / scale], axis=1)
             return (x, log_det - jnp.sum(jnp.log(scale), axis=1)), None
@@ -266,7 +269,7 @@ def written_out_model(name, key, event_shape, layers, hidden, bins=8) -> Model:
         def layer(x, layer):  # the coupling, then the permutation
             network, (perm, _) = layer
             shift, scale = shift_and_scale(network, x[:, :split])
-            return jnp.concatenate([x[:, :split], x[:, split:] * scale + shift], axis=1)[:, perm], None
+            return reordered(jnp.concatenate([x[:, :split], x[:, split:] * scale + shift], axis=1), perm), None
 
         z = jax.random.normal(key, (n, dim))
         return jax.lax.scan(layer, z, (params["bijector"][0], orders))[0]

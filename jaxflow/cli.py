@@ -158,9 +158,9 @@ def _fit_config(args, flow: tuple[str, dict], table: Table, train_rows: np.ndarr
 
 
 def _flow_options(args) -> tuple[str, dict]:
-    """(builder name, all its keyword options) from --flow, --layers, --hidden, --bins, --permute and --seed."""
+    """(builder name, all its keyword options) from --flow, the options that shape it, and --seed."""
     builder = FLOWS[args.flow]
-    given = {name: getattr(args, name) for name in ("layers", "hidden", "bins", "permute")}
+    given = {name: getattr(args, name) for name in ("layers", "hidden", "bins", "permute", "actnorm")}
     given = {name: value for name, value in given.items() if value is not None}
     signature = inspect.signature(builder)
     for name in given:
@@ -354,6 +354,10 @@ def _parser() -> argparse.ArgumentParser:
     fit.add_argument("--hidden", type=_positive(int), nargs="+", metavar="WIDTH", help="hidden layer widths")
     fit.add_argument("--bins", type=_positive(int), help="spline bins (nsf flows)")
     fit.add_argument("--permute", choices=("random", "reverse", "none"))
+    fit.add_argument("--actnorm", action=argparse.BooleanOptionalAction,
+                     help="a trainable ActNorm before every layer (default: the flow's own, on for flowpp "
+                     "and residual_flow only); they start as the identity, about what setting them from "
+                     "the standardised rows would give")
     fit.add_argument("--columns", help="comma-separated header names or 0-based indices (default: all)")
     _add_header_option(fit, "DATA")
     budget = fit.add_mutually_exclusive_group()

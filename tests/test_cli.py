@@ -273,6 +273,24 @@ def test_flows_without_permutations_fit_and_far_rows_score_minus_infinity(resume
     assert log_prob[0] == -np.inf and np.isfinite(log_prob[1])  # was NaN: 2e45 sds overflowed float32
 
 
+def test_actnorm_option_adds_actnorms_where_the_flow_takes_them(tmp_path, capsys):
+    from jaxflow.cli import main
+
+    rows = write_csv(tmp_path / "rows.csv", "x,y", [f"{np.sin(i)},{np.cos(3 * i)}" for i in range(64)])
+    leaves = {}
+    for option in ("--actnorm", "--no-actnorm"):
+        args = ["fit", rows, "--flow", "realnvp", "--layers", 2, "--hidden", 4, option, "--steps", 2,
+                "--out", tmp_path / option, "--no-progress"]
+        assert main(list(map(str, args))) == 0, capsys.readouterr().err
+        config = json.loads((tmp_path / option / "config.json").read_text())
+        assert config["flow_options"]["actnorm"] == (option == "--actnorm")
+        leaves[option] = len(np.load(tmp_path / option / "params.npz").files)
+    assert leaves["--actnorm"] == leaves["--no-actnorm"] + 2  # a shift and a log-scale, stacked over the layers
+    args = ["fit", rows, "--flow", "planar_flow", "--actnorm", "--out", tmp_path / "never"]
+    assert_one_line_error("--actnorm does not apply to --flow planar_flow", main(list(map(str, args))),
+                          capsys.readouterr().err)
+
+
 def test_whole_number_columns_are_warned_of(tmp_path, capsys):
     from jaxflow.cli import main
 

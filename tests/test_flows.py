@@ -40,6 +40,24 @@ def test_builder_is_conditional_when_asked(name):
     assert not np.allclose(a, b)
 
 
+@pytest.mark.parametrize("name", sorted(BUILDERS))
+def test_builder_actnorms_standardise_a_data_batch_and_keep_the_flow_a_density(name):
+    """With actnorm=True every layer's input (data -> base) is set to mean 0, sd 1 by `initialize_from_data`."""
+    scales, shifts = np.array([10.0, 0.1, 3.0]), np.array([5.0, -2.0, 100.0])
+    data = jnp.asarray(np.random.default_rng(0).normal(size=(256, 3)) * scales + shifts, jnp.float32)
+    flow = BUILDERS[name](3, layers=2, hidden=(8,), actnorm=True)
+    params = flow.init(jax.random.key(0))
+    params["bijector"], base_side = initialize_from_data(flow.bijector, params["bijector"], data)
+    np.testing.assert_allclose(np.mean(base_side, axis=0), 0.0, atol=1e-4)
+    np.testing.assert_allclose(np.std(base_side, axis=0), 1.0, atol=1e-4)
+    # The fresh couplings are the identity, so the flow is the standardisation: log q of a
+    # Gaussian with the batch's means and sds (its draws come from one).
+    expected = -0.5 * np.sum(((data - data.mean(0)) / data.std(0)) ** 2 + np.log(2 * np.pi * data.std(0) ** 2), axis=1)
+    np.testing.assert_allclose(flow.log_prob(params, data), expected, rtol=1e-4, atol=1e-3)
+    plain = BUILDERS[name](3, layers=2, hidden=(8,))
+    assert (plain.bijector.data_init is None) == (name != "flowpp")  # only Flow++ has ActNorms by default
+
+
 @pytest.mark.parametrize("name", ["realnvp", "maf"])
 def test_builder_program_does_not_grow_with_layers(name):
     def size(layers):
@@ -160,6 +178,8 @@ def test_bad_configuration_is_refused():
         flows.flowpp(1)
     with pytest.raises(ValueError, match=r"seed must be an int \(it draws the random permutations\), got None"):
         flows.realnvp(4, seed=None)
+    with pytest.raises(ValueError, match="actnorm must be True or False, got 'yes'"):
+        flows.maf(4, actnorm="yes")
     with pytest.raises(ValueError, match=r"coupling: dim must be an integer >= 2 \(one part conditions the other"):
         coupling(1, transformers.affine())
     for options in (dict(hidden_channels=2.5), dict(num_blocks=1.5), dict(out_channels=None)):

@@ -8,6 +8,7 @@ import jax
 import numpy as np
 
 from jaxflow.bijectors._checks import is_int, is_positive_int
+from jaxflow.bijectors.actnorm import actnorm as actnorm_layer
 from jaxflow.bijectors.base import Bijector, chain, stack
 from jaxflow.bijectors.permutation import inverse_permutations, permutation, random_permutations, reverse
 from jaxflow.distributions import Flow, standard_normal
@@ -20,9 +21,14 @@ def check_layers(num_layers) -> int:
     return num_layers
 
 
+def with_actnorm(layer: Bijector, dim: int) -> Bijector:
+    """`layer` with an ActNorm before it on the data -> base side (after it in `forward`)."""
+    return chain(layer, actnorm_layer(dim), name=f"actnorm_{layer.name}")
+
+
 def permuted_stack(
     make_layer: Callable[[], Bijector], dim: int, num_layers: int, *, permute: str, seed: int, unroll: int | bool = 1,
-    transformed: np.ndarray | None = None,
+    transformed: np.ndarray | None = None, actnorm: bool = False,
 ) -> Bijector:
     """`num_layers` copies of `make_layer()`, each followed by a reordering, in one `lax.scan`.
 
@@ -37,10 +43,16 @@ def permuted_stack(
         entry into those positions at some layer: random permutations that leave one
         out are repaired (e.g. two identity permutations of dim 2, 1 seed in 2), and "none"
         is refused for more than one layer.
+      actnorm: put an ActNorm before every layer (data -> base; see `with_actnorm`).
     """
     check_layers(num_layers)  # before the permutations are drawn for it
     if not is_int(seed):
         raise ValueError(f"seed must be an int (it draws the random permutations), got {seed!r}.")
+    if not isinstance(actnorm, bool):
+        raise ValueError(f"actnorm must be True or False, got {actnorm!r}.")
+    if actnorm:
+        make_plain_layer = make_layer
+        make_layer = lambda: with_actnorm(make_plain_layer(), dim)  # noqa: E731
     if permute == "random":
         perms = _covering_permutations(jax.random.key(seed), num_layers, dim, transformed)
 

@@ -12,16 +12,18 @@ from jaxflow.distributions import Flow
 from jaxflow.flows._layers import permuted_stack, vector_flow
 
 
-def _autoregressive_flow(layer_fn, dim, transformer, layers, hidden, context_dim, permute, seed, unroll) -> Flow:
+def _autoregressive_flow(
+    layer_fn, dim, transformer, layers, hidden, context_dim, permute, seed, unroll, actnorm
+) -> Flow:
     dim = check_dim("autoregressive flows", dim)
     make_layer = lambda: layer_fn(dim, transformer, hidden=hidden, context_dim=context_dim)  # noqa: E731
-    stacked = permuted_stack(make_layer, dim, layers, permute=permute, seed=seed, unroll=unroll)
+    stacked = permuted_stack(make_layer, dim, layers, permute=permute, seed=seed, unroll=unroll, actnorm=actnorm)
     return vector_flow(stacked, dim, context_dim)
 
 
 def maf(
     dim: int, *, layers: int = 5, hidden: Sequence[int] = (128, 128), context_dim: int | None = None,
-    permute: str = "random", seed: int = 0, unroll: int | bool = 1,
+    permute: str = "random", seed: int = 0, unroll: int | bool = 1, actnorm: bool = False,
 ) -> Flow:
     """Masked autoregressive flow: one-pass density, `dim`-pass sampling.
 
@@ -31,13 +33,14 @@ def maf(
     References: Papamakarios et al. (2017), https://arxiv.org/abs/1705.07057
     """
     return _autoregressive_flow(
-        masked_autoregressive, dim, transformers.exp_affine(), layers, hidden, context_dim, permute, seed, unroll
+        masked_autoregressive, dim, transformers.exp_affine(), layers, hidden, context_dim, permute, seed, unroll,
+        actnorm,
     )
 
 
 def iaf(
     dim: int, *, layers: int = 5, hidden: Sequence[int] = (128, 128), context_dim: int | None = None,
-    permute: str = "reverse", seed: int = 0, unroll: int | bool = 1,
+    permute: str = "reverse", seed: int = 0, unroll: int | bool = 1, actnorm: bool = False,
 ) -> Flow:
     """Inverse autoregressive flow (affine): one-pass sampling with its density, `dim`-pass density of data.
 
@@ -50,14 +53,15 @@ def iaf(
     References: Kingma et al. (2016), https://arxiv.org/abs/1606.04934
     """
     return _autoregressive_flow(
-        inverse_autoregressive, dim, transformers.affine(), layers, hidden, context_dim, permute, seed, unroll
+        inverse_autoregressive, dim, transformers.affine(), layers, hidden, context_dim, permute, seed, unroll,
+        actnorm,
     )
 
 
 def nsf_autoregressive(
     dim: int, *, layers: int = 5, hidden: Sequence[int] = (128, 128), bins: int = 8, bound: float = 4.0,
     context_dim: int | None = None, permute: str = "random", seed: int = 0, inverse: bool = False,
-    unroll: int | bool = 1,
+    unroll: int | bool = 1, actnorm: bool = False,
 ) -> Flow:
     """Autoregressive neural spline flow; `inverse=True` gives the IAF orientation (fast sampling).
 
@@ -65,4 +69,4 @@ def nsf_autoregressive(
     """
     layer_fn = inverse_autoregressive if inverse else masked_autoregressive
     spline = rational_quadratic_spline(num_bins=bins, bound=bound)
-    return _autoregressive_flow(layer_fn, dim, spline, layers, hidden, context_dim, permute, seed, unroll)
+    return _autoregressive_flow(layer_fn, dim, spline, layers, hidden, context_dim, permute, seed, unroll, actnorm)

@@ -26,44 +26,46 @@ _SPLIT = " (a coupling splits the event in two; for dim 1 use an autoregressive 
 
 
 def _coupling_flow(
-    dim, transformer, layers, hidden, context_dim, permute, seed, unroll,
+    dim, transformer, layers, hidden, context_dim, permute, seed, unroll, actnorm,
     kernel_init: Callable | None = None,
 ) -> Flow:
     dim = check_dim("coupling flows", dim, 2, _SPLIT)
     network = functools.partial(conditioners.mlp, hidden=hidden, kernel_init=kernel_init)
     make_layer = lambda: coupling(dim, transformer, context_dim=context_dim, conditioner=network)  # noqa: E731
     stacked = permuted_stack(
-        make_layer, dim, layers, permute=permute, seed=seed, unroll=unroll, transformed=~half_mask(dim)
+        make_layer, dim, layers, permute=permute, seed=seed, unroll=unroll, transformed=~half_mask(dim),
+        actnorm=actnorm,
     )
     return vector_flow(stacked, dim, context_dim)
 
 
 def nice(
     dim: int, *, layers: int = 8, hidden: Sequence[int] = (128, 128), context_dim: int | None = None,
-    permute: str = "random", seed: int = 0, unroll: int | bool = 1,
+    permute: str = "random", seed: int = 0, unroll: int | bool = 1, actnorm: bool = False,
 ) -> Flow:
     """NICE: additive (volume-preserving) couplings with a learnable diagonal scale at the end.
 
     References: Dinh et al. (2014), https://arxiv.org/abs/1410.8516
     """
-    flow = _coupling_flow(dim, transformers.additive(), layers, hidden, context_dim, permute, seed, unroll)
+    flow = _coupling_flow(dim, transformers.additive(), layers, hidden, context_dim, permute, seed, unroll, actnorm)
     return flow._replace(bijector=chain(flow.bijector, scale(dim), name="nice"))
 
 
 def realnvp(
     dim: int, *, layers: int = 8, hidden: Sequence[int] = (128, 128), context_dim: int | None = None,
-    permute: str = "random", seed: int = 0, unroll: int | bool = 1,
+    permute: str = "random", seed: int = 0, unroll: int | bool = 1, actnorm: bool = False,
 ) -> Flow:
     """RealNVP: affine couplings, each followed by a permutation, in one `lax.scan`.
 
     References: Dinh et al. (2016), https://arxiv.org/abs/1605.08803
     """
-    return _coupling_flow(dim, transformers.affine(), layers, hidden, context_dim, permute, seed, unroll)
+    return _coupling_flow(dim, transformers.affine(), layers, hidden, context_dim, permute, seed, unroll, actnorm)
 
 
 def nsf_coupling(
     dim: int, *, layers: int = 8, hidden: Sequence[int] = (128, 128), bins: int = 8, bound: float = 4.0,
     context_dim: int | None = None, permute: str = "random", seed: int = 0, unroll: int | bool = 1,
+    actnorm: bool = False,
 ) -> Flow:
     """Neural spline flow with rational-quadratic spline couplings (identity tails outside +-bound).
 
@@ -74,5 +76,5 @@ def nsf_coupling(
     """
     spline = rational_quadratic_spline(num_bins=bins, bound=bound)
     return _coupling_flow(
-        dim, spline, layers, hidden, context_dim, permute, seed, unroll, kernel_init=_SPLINE_HIDDEN_INIT
+        dim, spline, layers, hidden, context_dim, permute, seed, unroll, actnorm, kernel_init=_SPLINE_HIDDEN_INIT
     )

@@ -14,8 +14,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from jaxflow.bijectors._checks import check_dim
-from jaxflow.bijectors.actnorm import actnorm as actnorm_layer
-from jaxflow.bijectors.base import chain
 from jaxflow.bijectors.coupling import coupling, half_mask
 from jaxflow.bijectors.mixture_cdf import logistic_mixture_cdf
 from jaxflow.distributions import Flow
@@ -59,12 +57,10 @@ def flowpp(
     dim = check_dim("flowpp", dim, 2, " (its couplings split the event; for dim 1 use an autoregressive flow)")
     transformer = logistic_mixture_cdf(components, closed_form=closed_form)
 
-    def make_layer():
-        layer = coupling(dim, transformer, hidden=hidden, context_dim=context_dim)
-        return chain(layer, actnorm_layer(dim), name=f"actnorm_{layer.name}") if actnorm else layer
-
+    make_layer = lambda: coupling(dim, transformer, hidden=hidden, context_dim=context_dim)  # noqa: E731
     stacked = permuted_stack(
-        make_layer, dim, layers, permute=permute, seed=seed, unroll=unroll, transformed=~half_mask(dim)
+        make_layer, dim, layers, permute=permute, seed=seed, unroll=unroll, transformed=~half_mask(dim),
+        actnorm=actnorm,
     )
     return vector_flow(stacked, dim, context_dim)
 

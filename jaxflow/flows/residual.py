@@ -12,11 +12,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from jaxflow.bijectors.actnorm import actnorm as actnorm_layer
-from jaxflow.bijectors.base import chain, stack
+from jaxflow.bijectors.base import stack
 from jaxflow.bijectors.residual import residual
 from jaxflow.distributions import Flow
-from jaxflow.flows._layers import check_layers, vector_flow
+from jaxflow.flows._layers import check_layers, vector_flow, with_actnorm
 
 
 def residual_flow(
@@ -70,6 +69,6 @@ def residual_flow(
         num_series_terms=num_series_terms, num_hutchinson_samples=num_hutchinson_samples,
         roulette_stop_probability=roulette_stop_probability, context_dim=context_dim,
     )
-    layer = chain(block, actnorm_layer(dim), name=f"actnorm_{block.name}") if actnorm else block
+    layer = with_actnorm(block, dim) if actnorm else block
     stacked = stack(layer, check_layers(layers), name=f"residual_flow({log_det})", unroll=unroll)
     return vector_flow(stacked, dim, context_dim)
