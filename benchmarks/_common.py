@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import platform
 import statistics
@@ -58,6 +59,24 @@ def markdown_table(rows: list[dict], columns: list[str]) -> str:
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join(cell(row.get(c, "")) for c in columns) + " |" for row in rows]
     return "\n".join(lines)
+
+
+def check_names(parser, option: str, given: str, known) -> None:
+    """A usage error for any comma-separated name in `given` that `known` lacks, naming both."""
+    unknown = sorted(set(given.split(",")) - set(known))
+    if unknown:
+        parser.error(f"unknown {option} {unknown}; expected names from {list(known)}")
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: an integer of at least 1 (counts of repeats, steps, rows)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
+    return value
 
 
 def write_json(path: str | None, payload: dict) -> None:

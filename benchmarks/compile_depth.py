@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 
 from benchmarks import peers
-from benchmarks._common import compile_seconds, environment, markdown_table, write_json
+from benchmarks._common import check_names, compile_seconds, environment, markdown_table, positive_int, write_json
 
 
 def available(libraries):
@@ -32,14 +32,15 @@ def nll_gradient(model):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--depths", type=int, nargs="+", default=[4, 8, 16, 32, 64])
-    parser.add_argument("--dim", type=int, default=16)
-    parser.add_argument("--batch", type=int, default=512)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--depths", type=positive_int, nargs="+", default=[4, 8, 16, 32, 64])
+    parser.add_argument("--dim", type=positive_int, default=16)
+    parser.add_argument("--batch", type=positive_int, default=512)
+    parser.add_argument("--repeats", type=positive_int, default=3)
     parser.add_argument("--libraries", nargs="+", default=["jaxflow", "distrax", "flowjax"],
                         help="jaxflow, the reference of every ratio, is always measured (first)")
     parser.add_argument("--out", default=None)
     args = parser.parse_args(argv)
+    check_names(parser, "libraries", ",".join(args.libraries), peers.LIBRARIES)
 
     libraries = ["jaxflow", *available([lib for lib in args.libraries if lib != "jaxflow"])]
     x = jax.random.normal(jax.random.key(0), (args.batch, args.dim))

@@ -1,6 +1,7 @@
 """Forward KL on sklearn's digits: jaxflow against flowjax's `fit_to_data`, same model and budget.
 
-Both libraries fit the same architecture (MAF: 5 affine MADE layers; NSF: 8 rational-quadratic
+Both libraries fit the same architecture (MAF: 5 affine MADE layers, each library's own affine
+transformer, jaxflow's bounded `exp_affine` and flowjax's softplus scale; NSF: 8 rational-quadratic
 spline couplings with 8 bins on [-4, 4]; networks 2x128) to the same dequantised, logit-transformed
 digits with Adam at the same learning rate, batch size and number of epochs, keeping the
 parameters with the best validation loss. jaxflow's networks start with a zero output layer (a
@@ -28,7 +29,7 @@ import numpy as np
 import optax
 
 from benchmarks import peers
-from benchmarks._common import environment, markdown_table, write_json
+from benchmarks._common import check_names, environment, markdown_table, positive_int, write_json
 from jaxflow import datasets
 from jaxflow.train import forward_kl
 
@@ -127,13 +128,14 @@ def summary_row(model_name, library, fits) -> dict:
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default="maf,nsf")
-    parser.add_argument("--epochs", type=int, default=40)
-    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--epochs", type=positive_int, default=40)
+    parser.add_argument("--batch-size", type=positive_int, default=256)
     parser.add_argument("--learning-rate", type=float, default=1e-3)
     parser.add_argument("--validation", type=float, default=0.1)
-    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--seeds", type=positive_int, default=3)
     parser.add_argument("--out", default=None)
     args = parser.parse_args(argv)
+    check_names(parser, "models", args.models, CONFIGS)
 
     train_int, test_int, _, _ = datasets.digits()
     train, _ = datasets.dequantize_logit(train_int, seed=0)

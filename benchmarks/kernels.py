@@ -23,9 +23,9 @@ from pathlib import Path
 import jax
 
 from benchmarks import peers
-from benchmarks._common import environment, markdown_table, write_json
+from benchmarks._common import check_names, environment, markdown_table, positive_int, write_json
 from benchmarks.compile_depth import available
-from benchmarks.run import EVAL_BATCH, MEASURES, MODELS, check_names, event_shapes, prepare_model
+from benchmarks.run import EVAL_BATCH, MEASURES, MODELS, event_shapes, prepare_model
 
 # XLA's CPU runtime reports control flow as events enclosing the kernels of its body.
 _ENCLOSING = ("while", "conditional", "call")
@@ -87,15 +87,17 @@ def main(argv=None):
     parser.add_argument("--models", default="realnvp", help="comma-separated names from benchmarks.run.MODELS")
     parser.add_argument("--compare", default="flowjax,distrax", help="comma-separated peers ('' for none)")
     parser.add_argument("--measures", default=",".join(MEASURES), help=f"comma-separated, from {MEASURES}")
-    parser.add_argument("--dim", type=int, default=16, help="event size of the vector models")
-    parser.add_argument("--train-batch", type=int, default=512)
-    parser.add_argument("--eval-batch", type=int, default=EVAL_BATCH)
-    parser.add_argument("--calls", type=int, default=5, help="traced timings per measure")
-    parser.add_argument("--top", type=int, default=8, help="kernels listed per row")
+    parser.add_argument("--dim", type=positive_int, default=16, help="event size of the vector models")
+    parser.add_argument("--train-batch", type=positive_int, default=512)
+    parser.add_argument("--eval-batch", type=positive_int, default=EVAL_BATCH)
+    parser.add_argument("--calls", type=positive_int, default=5, help="traced timings per measure")
+    parser.add_argument("--top", type=positive_int, default=8, help="kernels listed per row")
     parser.add_argument("--out", default=None)
     args = parser.parse_args(argv)
     check_names(parser, "models", args.models, MODELS)
     check_names(parser, "measures", args.measures, MEASURES)
+    if args.compare:
+        check_names(parser, "compare", args.compare, peers.LIBRARIES)
     libraries = available(["jaxflow", *[p for p in args.compare.split(",") if p]])
 
     print(environment())

@@ -3,7 +3,8 @@
 Each builder returns a `Model(params, log_prob, sample)` on events of one shape:
   log_prob(params, x (n, *event_shape)) -> (n,)     sample(params, key, n) -> (n, *event_shape)
 Vector models, on events of shape (dim,): realnvp (affine couplings + random permutations), maf
-(affine MADE layers + random permutations), nsf (rational-quadratic spline couplings + random
+(affine MADE layers + random permutations, each library's own affine transformer: jaxflow's
+bounded `exp_affine`, flowjax's softplus scale), nsf (rational-quadratic spline couplings + random
 permutations, each library drawing its own); all with MLPs of `hidden` widths, each coupling's
 network reading dim // 2 entries and parametrising the other ones, the base a fixed standard
 normal, the couplings' transformer applied in the sampling direction (flowjax's default inverts
@@ -31,6 +32,7 @@ from jaxflow.bijectors import random_permutations, transformers
 from jaxflow.bijectors._checks import as_shape
 from jaxflow.bijectors.coupling import half_mask
 from jaxflow.conditioners import MLP
+from jaxflow.conditioners.dense import kernel_of
 from jaxflow.flows._layers import _covering_permutations
 
 
@@ -227,12 +229,14 @@ def distrax_model(name, key, event_shape, layers, hidden, bins=8) -> Model:
 # written out ---------------------------------------------------------------------------------
 
 def written_out_model(name, key, event_shape, layers, hidden, bins=8) -> Model:
-    """jaxflow's RealNVP written out in jax.numpy: the floor a library's layers add their cost to.
+    """jaxflow's RealNVP written out in jax.numpy, as a user would: a bare reference for the RealNVP rows.
 
-    The same params (jaxflow's, in its layouts), permutations and maths as `flows.realnvp`, as
-    one `lax.scan` of bare matrix products and element-wise code: no bijector protocol, no
-    checks, no conditioner modules. What jaxflow, flowjax and distrax take beyond it is what
-    their abstractions cost; tests/test_benchmarks.py checks it computes jaxflow's density.
+    The same params (jaxflow's), permutations and maths as `flows.realnvp`, as one `lax.scan`
+    of matrix products and element-wise code: no bijector protocol, no checks, no conditioner
+    modules, and none of the CPU layouts jaxflow chooses for speed (per-layer vectors selected
+    by a masked sum, `jaxflow.bijectors.base`). Time a library takes beyond it is its
+    abstractions' cost; time it saves, its own optimisations (on a 2-core CPU jaxflow samples
+    1.5x as fast). tests/test_benchmarks.py checks that it computes jaxflow's density.
     """
     if name != "realnvp":
         raise ValueError(f"written_out_model: only 'realnvp' is written out, got {name!r}.")
@@ -246,10 +250,10 @@ def written_out_model(name, key, event_shape, layers, hidden, bins=8) -> Model:
         return jnp.take(x, order, axis=1, mode="clip", unique_indices=True)
 
     def shift_and_scale(network, kept):
-        *hidden_layers, last = network["params"].values()
+        *hidden_layers, last = [network["params"][f"Dense_{i}"] for i in range(len(hidden) + 1)]
         for dense in hidden_layers:
-            kept = jax.nn.relu(kept @ dense["kernel"] + dense["bias"])
-        shift, raw = jnp.split(kept @ last["weight"].T + last["bias"], 2, axis=-1)
+            kept = jax.nn.relu(kept @ kernel_of(dense) + dense["bias"])
+        shift, raw = jnp.split(kept @ kernel_of(last) + last["bias"], 2, axis=-1)
         return shift, 1.0 + jax.nn.softplus(raw + offset) - jax.nn.softplus(offset)
 
     def log_prob(params, x):

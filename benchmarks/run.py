@@ -15,8 +15,8 @@ reaches all of them alike), `block_until_ready` on every result; a call shorter 
 repeated within one timing. Runs unchanged on CPU/GPU/TPU.
 The `jaxflow-unrolled` rows are jaxflow's realnvp/maf/nsf with `unroll=True` (longer compile, no
 loop); the `written-out` row is jaxflow's RealNVP written out in bare jax.numpy (the same params,
-permutations and maths in one `lax.scan`, `peers.written_out_model`): the floor every library's
-RealNVP row stands on.
+permutations and maths in one `lax.scan`, `peers.written_out_model`), a bare reference: what a
+library takes beyond it is its abstractions' cost, what it saves its own optimisations.
 
     python -m benchmarks.run --suite quick --repeats 9 --out results/quick.json
     python -m benchmarks.run --suite full --compare flowjax,distrax,jaxflow-unrolled,written-out --out results/full.json
@@ -36,7 +36,7 @@ import jax.numpy as jnp
 import optax
 
 from benchmarks import peers
-from benchmarks._common import environment, markdown_table, median_seconds, write_json
+from benchmarks._common import check_names, environment, markdown_table, median_seconds, positive_int, write_json
 from benchmarks.compile_depth import available
 from benchmarks.flops import matmul_flops
 
@@ -159,7 +159,9 @@ def measure_models(
 
     The timings are interleaved: each repeat times every library in turn, so a change in the
     machine's load during the run reaches all of them alike. Medians over `repeats`, and for the
-    compile time over `compile_repeats` compilations (the first repeats compile once more each).
+    compile time over `compile_repeats` compilations (the first repeats compile once more each,
+    then call every measure once untimed: clearing JAX's caches slows each call's next dispatch,
+    by 0.1 ms to 1.8 ms depending on the library).
     """
     prepared = {
         library: prepare_model(model, event_shape, train_batch=train_batch, eval_batch=eval_batch,
@@ -174,6 +176,8 @@ def measure_models(
         for library, ready in prepared.items():
             if repeat < compile_repeats - 1:
                 seconds[library]["compile"].append(_seconds(ready.recompile))
+                for call in ready.calls.values():  # after clearing the caches a call's first dispatch is slower
+                    call()
             if repeat < repeats:
                 for measure in MEASURES:
                     seconds[library][measure].append(_seconds(ready.calls[measure]))
@@ -216,24 +220,18 @@ def parse_args(argv):
         "written-out jaxflow's RealNVP in bare jax.numpy",
     )
     parser.add_argument("--models", default=",".join(MODELS), help="comma-separated names from MODELS")
-    parser.add_argument("--eval-batch", type=int, default=EVAL_BATCH, help="batch of the log_prob and sample timings")
-    parser.add_argument("--repeats", type=int, help="timings per median (default: the suite's)")
-    parser.add_argument("--train-steps", type=int, help="training steps per timing (default: the suite's)")
-    parser.add_argument("--train-batch", type=int, help="one training batch size instead of the suite's")
-    parser.add_argument("--compile-repeats", type=int, default=3, help="compilations per compile-time median")
+    parser.add_argument("--eval-batch", type=positive_int, default=EVAL_BATCH,
+                        help="batch of the log_prob and sample timings")
+    parser.add_argument("--repeats", type=positive_int, help="timings per median (default: the suite's)")
+    parser.add_argument("--train-steps", type=positive_int, help="training steps per timing (default: the suite's)")
+    parser.add_argument("--train-batch", type=positive_int, help="one training batch size instead of the suite's")
+    parser.add_argument("--compile-repeats", type=positive_int, default=3, help="compilations per compile-time median")
     parser.add_argument("--out", default=None)
     args = parser.parse_args(argv)
     check_names(parser, "models", args.models, MODELS)
     if args.compare:
         check_names(parser, "compare", args.compare, peers.LIBRARIES)
     return args
-
-
-def check_names(parser, option: str, given: str, known) -> None:
-    """A usage error for any comma-separated name in `given` that `known` lacks, naming both."""
-    unknown = sorted(set(given.split(",")) - set(known))
-    if unknown:
-        parser.error(f"unknown {option} {unknown}; expected names from {list(known)}")
 
 
 def suite_settings(args) -> dict:

@@ -21,7 +21,7 @@ import jax
 import numpy as np
 import optax
 
-from benchmarks._common import environment, markdown_table, write_json
+from benchmarks._common import check_names, environment, markdown_table, positive_int, write_json
 from jaxflow import datasets
 from jaxflow.bijectors.base import initialize_from_data
 from jaxflow.flows.coupling import nsf_coupling
@@ -77,16 +77,17 @@ def _display(row) -> dict:
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default=",".join(MODELS))
-    parser.add_argument("--steps", type=int, default=4000)
-    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--steps", type=positive_int, default=4000)
+    parser.add_argument("--batch-size", type=positive_int, default=256)
     parser.add_argument("--learning-rate", type=float, default=5e-3)
-    parser.add_argument("--train-size", type=int, default=20_000)
-    parser.add_argument("--test-size", type=int, default=20_000)
+    parser.add_argument("--train-size", type=positive_int, default=20_000)
+    parser.add_argument("--test-size", type=positive_int, default=20_000)
     parser.add_argument("--validation", type=float, default=0.1)
-    parser.add_argument("--chunk-size", type=int, default=250)
+    parser.add_argument("--chunk-size", type=positive_int, default=250)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=None)
     args = parser.parse_args(argv)
+    check_names(parser, "models", args.models, MODELS)
 
     train = datasets.two_moons(args.train_size, seed=args.seed)
     test = datasets.two_moons(args.test_size, seed=args.seed + 1)

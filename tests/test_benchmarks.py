@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from jax.flatten_util import ravel_pytree
 
-from benchmarks import dense_layout, digits, kernels, peers, run
+from benchmarks import compile_depth, dense_layout, digits, kernels, peers, run, toy2d
 from jaxflow import flows
 
 MEASURES = ("compile_s", "train_step_ms", "log_prob_per_s", "sample_per_s", "train_gflops", "flops_fraction")
@@ -60,15 +60,27 @@ def test_unknown_model_is_a_clear_error(capsys):
     assert "unknown models ['unet']" in capsys.readouterr().err
 
 
-def test_unknown_peer_is_a_clear_error(capsys):
+@pytest.mark.parametrize("main, argv, message", [
+    (run.main, ["--models", "realnvp", "--compare", "flowjax,nflows"], "unknown compare ['nflows']"),
+    (run.main, ["--repeats", "0"], "--repeats: expected an integer >= 1, got '0'"),
+    (run.main, ["--train-steps", "two"], "--train-steps: expected an integer >= 1, got 'two'"),
+    (compile_depth.main, ["--libraries", "nflows"], "unknown libraries ['nflows']"),
+    (kernels.main, ["--compare", "nflows"], "unknown compare ['nflows']"),
+    (digits.main, ["--models", "realnvp"], "unknown models ['realnvp']"),
+    (toy2d.main, ["--models", "realnvp"], "unknown models ['realnvp']"),
+])
+def test_bad_benchmark_options_are_usage_errors(capsys, main, argv, message):
+    """Before: KeyError, StatisticsError or UnboundLocalError tracebacks (digits' after loading its data)."""
     with pytest.raises(SystemExit):
-        run.main(["--models", "realnvp", "--compare", "flowjax,nflows"])
-    assert "unknown compare ['nflows']" in capsys.readouterr().err
+        main(argv)
+    assert message in capsys.readouterr().err
 
 
-def test_written_out_realnvp_computes_jaxflows_density_and_samples():
-    """The floor row does jaxflow's work: its density is jaxflow's, its samples invert to its base draws."""
-    dim, layers, hidden = 6, 3, (8, 8)
+# Output layers that narrow (stored (out, in)) and widen (stored (in, out)); eleven hidden layers.
+@pytest.mark.parametrize("dim, hidden", [(6, (8, 8)), (40, (16,)), (4, (4,) * 11)])
+def test_written_out_realnvp_computes_jaxflows_density_and_samples(dim, hidden):
+    """The reference row does jaxflow's work: its density is jaxflow's, its samples invert to its base draws."""
+    layers = 3
     ours = peers.build("jaxflow", "realnvp", jax.random.key(0), dim, layers, hidden)
     written_out = peers.build("written-out", "realnvp", jax.random.key(0), dim, layers, hidden)
     flat, unravel = ravel_pytree(ours.params)
@@ -79,7 +91,7 @@ def test_written_out_realnvp_computes_jaxflows_density_and_samples():
     draws = written_out.sample(params, jax.random.key(3), 5)
     flow = flows.realnvp(dim, layers=layers, hidden=hidden)
     base_draws = jax.vmap(lambda y: flow.bijector.inverse(params["bijector"], y)[0])(draws)
-    np.testing.assert_allclose(base_draws, jax.random.normal(jax.random.key(3), (5, dim)), atol=1e-5)
+    np.testing.assert_allclose(base_draws, jax.random.normal(jax.random.key(3), (5, dim)), atol=1e-4)
     assert peers.build("written-out", "maf", jax.random.key(0), dim, layers, hidden) is None
 
 
@@ -121,7 +133,8 @@ def test_each_repeat_times_every_library_in_turn(monkeypatch):
     measured = run.measure_models(
         {"first": "A", "second": "B"}, (4,), train_batch=4, eval_batch=8, repeats=2, train_steps=2, compile_repeats=2
     )
-    with_compile, plain = ["compile", *run.MEASURES], list(run.MEASURES)
+    # After a recompilation (which clears JAX's caches) every measure runs once untimed, then timed.
+    with_compile, plain = ["compile", *run.MEASURES, *run.MEASURES], list(run.MEASURES)
     assert timed == [("A", m) for m in with_compile] + [("B", m) for m in with_compile] + [
         ("A", m) for m in plain] + [("B", m) for m in plain]
     assert set(measured) == {"first", "second"}
