@@ -82,6 +82,7 @@ def variational_dequantization(flow_for_noise: Flow) -> Flow:
 
 def noise_context(x, num_levels: int):
     """The context the noise flow sees: the cell centres (x + 1/2) / L rescaled into (-1, 1)."""
+    x = _check_integer_data("noise_context", x, num_levels)
     return (2 * x.astype(jnp.result_type(float)) + 1) / num_levels - 1
 
 
@@ -220,13 +221,11 @@ def _model_context(name, model_flow, context, sample_shape):
 def _check_integer_data(name, x, num_levels):
     if not is_positive_int(num_levels):
         raise ValueError(f"{name}: num_levels must be a positive int, got {num_levels!r}.")
-    x = jnp.asarray(x)
-    if not jnp.issubdtype(x.dtype, jnp.integer):
-        raise TypeError(f"{name}: expected integer data in [0, {num_levels}), got dtype {x.dtype}.")
-    if not isinstance(x, jax.core.Tracer):  # concrete data: check the range on the host
-        values = np.asarray(x)
-        if values.size and (values.min() < 0 or values.max() >= num_levels):
-            raise ValueError(
-                f"{name}: data must lie in [0, {num_levels}), got values in [{values.min()}, {values.max()}]."
-            )
-    return x
+    # Concrete data is checked on the host as given: jnp.asarray would first narrow int64 to
+    # int32 without jax_enable_x64, wrapping 2**32 + 3 to 3.
+    values = x if isinstance(x, jax.core.Tracer) else np.asarray(x)
+    if not jnp.issubdtype(values.dtype, jnp.integer):
+        raise TypeError(f"{name}: expected integer data in [0, {num_levels}), got dtype {values.dtype}.")
+    if isinstance(values, np.ndarray) and values.size and (values.min() < 0 or values.max() >= num_levels):
+        raise ValueError(f"{name}: data must lie in [0, {num_levels}), got values in [{values.min()}, {values.max()}].")
+    return jnp.asarray(x)

@@ -226,6 +226,11 @@ def test_bits_per_dim_by_hand():
         (lambda: uniform_dequantize(jax.random.key(0), jnp.array([4]), 4), ValueError, r"\[0, 4\)"),
         (lambda: uniform_dequantize(jax.random.key(0), jnp.array([1]), 0), ValueError, "num_levels"),
         (lambda: bits_per_dim(-1.0, 0), ValueError, "num_dims"),
+        # int64 data was narrowed to int32 before the range check: 2**32 + 3 passed as 3.
+        (lambda: uniform_dequantize(jax.random.key(0), np.array([2**32 + 3]), 256), ValueError,
+         r"data must lie in \[0, 256\), got values in \[4294967299, 4294967299\]"),
+        (lambda: noise_context(np.array([9]), 4), ValueError, r"noise_context: data must lie in \[0, 4\)"),
+        (lambda: noise_context(jnp.array([0.5]), 4), TypeError, "noise_context: expected integer data"),
         (lambda: variational_dequantization(jf.Flow(jf.standard_normal(2), jb.shift(2))), ValueError, "context_shape"),
     ],
 )

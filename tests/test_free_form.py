@@ -431,6 +431,12 @@ def test_bad_inputs_and_params_are_rejected(name):
 
 
 @pytest.mark.parametrize("solver", [bisection, solve_monotone])
+def test_a_nan_equation_gives_a_nan_root(solver):
+    """NaN params make fn NaN; neither end of the bracket moved, and the loop settled on a finite point."""
+    assert np.isnan(solver(lambda x: x * jnp.nan, 0.3, -1.0, 1.0))
+
+
+@pytest.mark.parametrize("solver", [bisection, solve_monotone])
 def test_nan_targets_give_nan_roots_and_leave_finite_targets_alone(solver):
     equation = _tanh_equation(1.5, -0.2)
     solve = functools.partial(solver, equation, lower=-5.0, upper=5.0)

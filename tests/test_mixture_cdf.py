@@ -166,6 +166,15 @@ def test_huge_inputs_give_finite_values_and_gradients(theta, x):
             assert np.all(np.isfinite(leaf)), f"{direction}: non-finite output for |x| <= {np.max(np.abs(x))}"
 
 
+def test_nan_params_give_nan_draws_not_finite_ones():
+    """A NaN residual moved neither end of the bracket: sampling settled on a finite x with a NaN log-det."""
+    transformer = logistic_mixture_cdf(3)
+    theta = jnp.zeros(transformer.num_params).at[0].set(jnp.nan)  # one NaN logit
+    x, log_det = transformer.forward(theta, 0.7)  # a Python scalar: the closed form read x[..., None] of it
+    assert np.isnan(x) and np.isnan(log_det)
+    np.testing.assert_allclose(transformer.inverse(jnp.zeros(transformer.num_params), 0.5)[0], 0.5, rtol=1e-6)
+
+
 @pytest.mark.parametrize(
     "kwargs, match",
     [
@@ -174,6 +183,12 @@ def test_huge_inputs_give_finite_values_and_gradients(theta, x):
         (dict(max_log_scale=0.0), "max_log_scale"),
         (dict(max_log_scale=float("inf")), "max_log_scale must be finite and positive, got inf"),
         (dict(closed_form="both"), "closed_form"),
+        # Accepted before and failing first when sampling (tol=-1, max_iter=0), or wrong roots (tol=inf).
+        (dict(tol=-1.0), "tol must be None or positive and finite, got -1.0"),
+        (dict(tol=float("inf")), "tol must be None or positive and finite, got inf"),
+        (dict(max_iter=0), "max_iter must be a positive int, got 0"),
+        (dict(max_iter=2.5), "max_iter must be a positive int, got 2.5"),
+        (dict(max_iter=True), "max_iter must be a positive int, got True"),
     ],
 )
 def test_bad_config_raises(kwargs, match):

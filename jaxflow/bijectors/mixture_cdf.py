@@ -36,6 +36,8 @@ References: Ho et al. (2019), Flow++, https://arxiv.org/abs/1902.00275
 
 from __future__ import annotations
 
+import numbers
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -85,7 +87,7 @@ def logit_mixture_cdf(log_weights, means, log_scales, x):
     Returns:
       `(z, log_derivative)`, each of the broadcast shape of x and the leading axes.
     """
-    u = (x[..., None] - means) * jnp.exp(-log_scales)
+    u = (jnp.asarray(x)[..., None] - means) * jnp.exp(-log_scales)
     log_cdf_terms = jax.nn.log_sigmoid(u)
     log_sf_terms = jax.nn.log_sigmoid(-u)
     log_cdf = jax.nn.logsumexp(log_weights + log_cdf_terms, axis=-1)
@@ -131,7 +133,7 @@ def logistic_mixture_cdf(
     Returns:
       A `Transformer` with `num_params = 3 * num_components + 2`.
     """
-    _check_config(num_components, max_log_scale, closed_form)
+    _check_config(num_components, max_log_scale, closed_form, tol, max_iter)
     output = transformers.affine(min_scale)
     split = 3 * num_components
 
@@ -156,10 +158,15 @@ def logistic_mixture_cdf(
     return Transformer(split + 2, forward, inverse, "logistic_mixture_cdf")
 
 
-def _check_config(num_components, max_log_scale, closed_form):
+def _check_config(num_components, max_log_scale, closed_form, tol, max_iter):
     if not is_positive_int(num_components):
         raise ValueError(f"logistic_mixture_cdf: num_components must be a positive int, got {num_components!r}.")
     if not (max_log_scale > 0 and np.isfinite(max_log_scale)):  # B tanh(raw / B) is NaN for B = inf
         raise ValueError(f"logistic_mixture_cdf: max_log_scale must be finite and positive, got {max_log_scale!r}.")
     if closed_form not in _DIRECTIONS:
         raise ValueError(f"logistic_mixture_cdf: closed_form must be one of {_DIRECTIONS}, got {closed_form!r}.")
+    # Checked here, not first when sampling (perhaps after a whole fit by density).
+    if not (tol is None or (isinstance(tol, numbers.Real) and not isinstance(tol, bool) and 0 < tol < np.inf)):
+        raise ValueError(f"logistic_mixture_cdf: tol must be None or positive and finite, got {tol!r}.")
+    if not is_positive_int(max_iter):
+        raise ValueError(f"logistic_mixture_cdf: max_iter must be a positive int, got {max_iter!r}.")

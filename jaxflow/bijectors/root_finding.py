@@ -57,7 +57,7 @@ def bisection(
     Returns:
       x of the broadcast shape of `target`, `lower` and `upper`. If the bracket
       does not contain the root, x converges to the end nearer to it. NaN where
-      `target` is NaN.
+      `target` is NaN or `fn` gives NaN (NaN params: a finite x would hide them).
     """
     return _differentiable_root(_bisection_step, fn, target, lower, upper, tol, max_iter)
 
@@ -78,10 +78,16 @@ def _shrink_bracket(x, residual, lower, upper):
     return jnp.where(residual <= 0, x, lower), jnp.where(residual >= 0, x, upper)
 
 
+def _unless_nan(residual, x_next):
+    """NaN where the residual is: a NaN residual moves neither end, and bisection would settle on a finite point."""
+    return jnp.where(jnp.isnan(residual), jnp.nan, x_next)
+
+
 def _bisection_step(residual_fn, x, lower, upper, step_before_last):
     del step_before_last
-    lower, upper = _shrink_bracket(x, residual_fn(x), lower, upper)
-    return lower, upper, 0.5 * (lower + upper)
+    residual = residual_fn(x)
+    lower, upper = _shrink_bracket(x, residual, lower, upper)
+    return lower, upper, _unless_nan(residual, 0.5 * (lower + upper))
 
 
 def _newton_or_bisection_step(residual_fn, x, lower, upper, step_before_last):
@@ -95,7 +101,7 @@ def _newton_or_bisection_step(residual_fn, x, lower, upper, step_before_last):
     lower, upper = _shrink_bracket(x, residual, lower, upper)
     newton = x - residual / slope
     useful = (newton >= lower) & (newton <= upper) & (jnp.abs(newton - x) <= 0.5 * step_before_last)  # False for NaN
-    return lower, upper, jnp.where(useful, newton, 0.5 * (lower + upper))
+    return lower, upper, _unless_nan(residual, jnp.where(useful, newton, 0.5 * (lower + upper)))
 
 
 def _iterate(step, residual_fn, lower, upper, tol, max_iter):
@@ -139,5 +145,4 @@ def _differentiable_root(step, fn, target, lower, upper, tol, max_iter):
     def tangent_solve(linearised, tangent):
         return tangent / linearised(jnp.ones_like(tangent))
 
-    root = jax.lax.custom_root(residual, 0.5 * (lower + upper), solve, tangent_solve)
-    return jnp.where(jnp.isnan(target), jnp.nan, root)  # the loop would stop at a finite point for a NaN target
+    return jax.lax.custom_root(residual, 0.5 * (lower + upper), solve, tangent_solve)
