@@ -64,6 +64,7 @@ def train(model, config: dict, train_rows, valid_rows, directory: Path, progress
     the newest); (params, history.json)."""
     options = config["training"]
     init_key, fit_key = jax.random.split(jax.random.key(options["seed"]))
+    resuming = (directory / CHECKPOINTS).is_dir()
     try:
         params, history = forward_kl.fit(
             fit_key, model, model.init(init_key), standardise(config, train_rows),
@@ -74,7 +75,7 @@ def train(model, config: dict, train_rows, valid_rows, directory: Path, progress
             checkpoint_dir=directory / CHECKPOINTS, checkpoint_every=config["checkpoint_every"],
         )
     except ValueError as error:  # a checkpoint beyond the step budget, or one of another model
-        raise CliError(f"cannot resume from {directory / CHECKPOINTS}: {error}") from None
+        raise CliError(f"cannot resume from {directory / CHECKPOINTS}: {error}" if resuming else str(error)) from None
     return params, _history_json(history, config["budget"]["num_steps"], -standardise_log_det(config))
 
 

@@ -108,6 +108,7 @@ def latest(directory) -> int | None:
 
 
 _DATA = ", data "
+_DRAWS = " (draws "  # what follows a fit's flow in its origin (`jaxflow.train._loop.origin_of`)
 
 
 def _origin_refusal(saved: str | None, expected: str | None) -> str | None:
@@ -116,11 +117,18 @@ def _origin_refusal(saved: str | None, expected: str | None) -> str | None:
         return None
     run, _, data = expected.partition(_DATA)
     saved_run, _, saved_data = saved.partition(_DATA)
+    if _DRAWS not in saved_run:  # written before fits recorded their flow's draws
+        run = run.partition(_DRAWS)[0]
+    elif saved_run.partition(_DRAWS)[0] == run.partition(_DRAWS)[0] and saved_run != run:
+        return (
+            f"was written by a flow of the same layers that draws otherwise at fixed params (other permutations, "
+            f"a spline's bound, ...): {saved_run}; this run's flow: {run}"
+        )
     if saved_run != run or (saved_data and not data):
         return f"was written by {saved}; this run is {expected}"
-    if saved_data:
+    if saved_data and saved_data != data:
         return f"was fitted to another problem ({saved_data}; this run's: {data})"
-    return None  # written before the fit recorded its data
+    return None  # the same, or written before the fit recorded its data
 
 
 def restore(directory, state, *, extra=None, step: int | None = None, origin: str | None = None) -> Snapshot:
@@ -212,6 +220,11 @@ def _check_same_leaves(where: str, meta: dict, template: dict) -> None:
     """Raises a ValueError listing the leaves where the checkpoint's `meta` and `template` differ."""
     saved, expected = meta["leaves"], _listing(template)
     if saved == expected:
+        if list(saved) != list(expected):  # leaves are restored by position
+            raise ValueError(
+                f"{where} holds the template's leaves in another order (checkpoint: {', '.join(saved)}; template: "
+                f"{', '.join(expected)}): a NamedTuple where the run had a dict, or the reverse?"
+            )
         return
     expected_fingerprint = fingerprint(_params_of(template["state"]))
     params_first = lambda path: (not path.startswith("state/params/"), path)  # noqa: E731

@@ -89,7 +89,7 @@ def _fit(args, extra) -> None:
             f"--patience needs validation rows, and --validation {args.validation} holds out none of the "
             f"{len(table.values)} rows: raise it"
         )
-    config = _fit_config(args, flow, table, train_rows)
+    config = _fit_config(args, flow, table, train_rows, valid_rows)
     model = build_model(config)  # before staging: a flow that does not fit the columns leaves nothing behind
     _warn_of_whole_numbers(table.values, _column_labels(config))
     out = Path(args.out)
@@ -120,8 +120,11 @@ def _fit_summary(history: dict) -> str:
     return summary
 
 
-def _fit_config(args, flow: tuple[str, dict], table: Table, train_rows: np.ndarray) -> dict:
-    """config.json of a fit: JSON types throughout, so that a loaded config compares equal."""
+def _fit_config(args, flow: tuple[str, dict], table: Table, train_rows: np.ndarray, valid_rows) -> dict:
+    """config.json of a fit: JSON types throughout, so that a loaded config compares equal.
+
+    Every row, held out or not, must standardise (by the training rows) into float32's range.
+    """
     flow_name, flow_options = flow
     mean, sd = runs.standardisation(train_rows)
     columns = table.names or table.indices
@@ -129,7 +132,8 @@ def _fit_config(args, flow: tuple[str, dict], table: Table, train_rows: np.ndarr
         column = columns[int(np.argmax(sd == 0))]
         raise CliError(f"column {column!r} is constant on the training rows; a density needs it to vary: drop it")
     with np.errstate(over="ignore"):
-        too_spread = ~runs.within_float32((train_rows - mean) / sd).all(axis=0)
+        every_row = train_rows if valid_rows is None else np.concatenate([train_rows, valid_rows])
+        too_spread = ~runs.within_float32((every_row - mean) / sd).all(axis=0)
     if too_spread.any():
         column = columns[int(np.argmax(too_spread))]
         raise CliError(

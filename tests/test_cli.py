@@ -189,6 +189,10 @@ def test_bad_numbers_and_header_names_give_one_line_errors(resumed, data, tmp_pa
     with open(archive := tmp_path / "archive.npy", "wb") as file:  # a path would gain the suffix .npz
         np.savez(file, x=np.ones((3, 2)))
     huge = write_csv(tmp_path / "huge.csv", "x,y", ["1.7e308,1", "-1.7e308,2", "-1.7e308,3"])
+    # One held-out row (the split's first, --seed 0) at 1e39: it failed inside the fit as "cannot resume".
+    outlier_rows = np.random.default_rng(1).normal(size=(40, 2))
+    outlier_rows[np.random.default_rng(0).permutation(40)[0], 0] = 1e39
+    held_out_outlier = write_csv(tmp_path / "held_out.csv", "p,q", [f"{a},{b}" for a, b in outlier_rows])
     earlier, second = tmp_path / "earlier_run", tmp_path / "second_run"  # run directories of formats 1 and 2
     swapped = tmp_path / "swapped_run"  # fit on both columns of a headerless file, taken as --columns 1,0
     for directory, changes in [
@@ -228,6 +232,7 @@ def test_bad_numbers_and_header_names_give_one_line_errors(resumed, data, tmp_pa
         "empty.npy: not a readable numeric .npy file": ["fit", empty_npy, *out],
         "archive.npy: an .npz archive, not an .npy array": ["fit", archive, *out],
         "column 'x' spans more standard deviations than float32 holds": ["fit", huge, *out],
+        "column 'p' spans more standard deviations than float32 holds": ["fit", held_out_outlier, *out],
         "invalid choice: 'glow'": ["fit", data[0], "--flow", "glow", *out],
         "--validation 0.001 holds out none of the 500 rows": [
             "fit", data[0], "--columns", "0,2", "--validation", 0.001, "--patience", 2, *out

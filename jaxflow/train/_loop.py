@@ -37,6 +37,7 @@ from collections.abc import Callable, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.flatten_util import ravel_pytree
 from tqdm.auto import tqdm
 
 from jaxflow.bijectors._checks import is_positive_int
@@ -204,10 +205,38 @@ def _history_from(previous: dict | None, num_steps: int) -> tuple[int, dict]:
 
 
 def origin_of(fit: str, flow, problem: str | None = None) -> str:
-    """What a fit's checkpoints record of the run: the fit, the flow's layers (by name) and base, and
-    the problem fitted (its data, target or teacher), which `jaxflow.checkpoint` reads after ", data "."""
+    """What a fit's checkpoints record of the run: the fit, the flow's layers (by name), base and, given
+    a `problem` (its data, target or teacher, which `jaxflow.checkpoint` reads after ", data "), draws.
+
+    Names alone do not tell flows apart whose params look alike: permutations of another seed, a
+    spline's bound, Flow++'s closed form. Their `reference_draws` do (to 3 significant digits,
+    as `rounded`, so that a run resumed on other hardware matches).
+    """
     run = f"{fit} of {flow.bijector.name} on a {flow.base.name} base"
-    return run if problem is None else f"{run}, data {problem}"
+    if problem is None:
+        return run
+    return f"{run} (draws blake2b {digest(*map(rounded, reference_draws(flow)))}), data {problem}"
+
+
+NUM_REFERENCE_DRAWS = 4
+
+
+def reference_draws(flow) -> tuple[jax.Array, jax.Array]:
+    """(x, log q): `NUM_REFERENCE_DRAWS` draws of `flow` at fixed params, the same for every call.
+
+    The params are `flow.init(key(0))` moved by 0.1 N(0, 1) per entry: fresh layers are often
+    the identity, under which flows that differ (in their permutations, say) agree. A
+    conditional flow draws at a zero context.
+    """
+    flat, unravel = ravel_pytree(flow.init(jax.random.key(0)))
+    params = unravel(flat + 0.1 * jax.random.normal(jax.random.key(1), flat.shape, flat.dtype))
+    context = None if flow.context_shape is None else jnp.zeros(flow.context_shape)
+    return flow.sample_and_log_prob(params, jax.random.key(2), (NUM_REFERENCE_DRAWS,), context)
+
+
+def rounded(values) -> np.ndarray:
+    """`values` as float64, each to 3 significant digits: equal on hardware that rounds differently."""
+    return np.array([float(f"{value:.3g}") for value in np.ravel(np.asarray(values, np.float64))])
 
 
 def data_record(*arrays) -> str:

@@ -226,18 +226,17 @@ def fit(
 
 
 _PROBE_STEPS = (0, 10, 100, 1000, 10_000)  # where a checkpoint's origin records the annealing schedule
-_NUM_PROBES = 4  # fixed points where it records the target's values
 
 
 def _problem(flow, log_target, objective, num_importance, schedule) -> str:
     """What the checkpoints record of the problem: the target, the objective and the annealing.
 
-    The target by its values at fixed points, to 3 significant digits so that a run resumed on
-    other hardware matches; the annealing by beta at fixed steps.
+    The target by its values (`_loop.rounded`) at the flow's reference draws, which lie in the
+    flow's support: a target defined on x > 0 is -inf or NaN at most normal draws, where targets
+    of other rates all agree. The annealing by beta at fixed steps.
     """
-    probes = jax.random.normal(jax.random.key(0), (_NUM_PROBES, *flow.event_shape))
+    probes, _ = _loop.reference_draws(flow)
     values = jax.jit(lambda x: log_target_values(log_target, x, flow.event_shape))(probes)
-    rounded = np.array([float(f"{value:.3g}") for value in np.asarray(values, np.float64)])
     betas = " ".join(f"{float(schedule(step)):.3g}" for step in _PROBE_STEPS)
     how = objective if objective == "elbo" else f"iwae of {num_importance}"
-    return f"target blake2b {_loop.digest(rounded)}, {how}, beta {betas}"
+    return f"target blake2b {_loop.digest(_loop.rounded(values))}, {how}, beta {betas}"
