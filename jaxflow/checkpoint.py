@@ -183,6 +183,22 @@ def restore(directory, state, *, extra=None, step: int | None = None, origin: st
     return Snapshot(restored["state"], _key_from_json(meta["key"]), history, restored["extra"], saved_origin)
 
 
+def check_saveable(tree, what: str) -> None:
+    """ValueError unless `save` can write every leaf of `tree`: typed PRNG keys and empty arrays it cannot.
+
+    Fits call it before their first step, not at their first checkpoint, after a chunk of training.
+    """
+    for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+        name = jax.tree_util.keystr(path, simple=True, separator="/")
+        if jax.dtypes.issubdtype(getattr(leaf, "dtype", None), jax.dtypes.prng_key):
+            raise ValueError(
+                f"checkpoints cannot save {what}: its leaf {name} is a PRNG key (an optimizer that draws noise, "
+                "such as optax.noisy_sgd?); train without checkpoint_dir, or keep the key out of the state."
+            )
+        if np.size(leaf) == 0:
+            raise ValueError(f"checkpoints cannot save {what}: its leaf {name} is empty (shape {np.shape(leaf)}).")
+
+
 def fingerprint(params) -> str:
     """A short hash of the tree structure, leaf shapes and dtypes of `params` (not of their values)."""
     text = json.dumps(_listing(params), sort_keys=True)

@@ -344,6 +344,19 @@ def test_flows_with_the_same_leaves_and_names_but_other_maps_are_told_apart_by_t
     )
 
 
+def test_a_state_checkpoints_cannot_save_is_refused_before_the_first_step(tmp_path):
+    """optax.noisy_sgd keeps a PRNG key: the first save failed inside orbax, after a chunk of training."""
+    flow = jf.Flow(jf.standard_normal(2), jf.bijectors.affine(2))
+    data = np.random.default_rng(0).normal(size=(64, 2)).astype(np.float32)
+    with pytest.raises(ValueError, match=r"checkpoints cannot save the training state .*: its leaf opt_state/\S+ is "
+                                         r"a PRNG key \(an optimizer that draws noise, such as optax.noisy_sgd\?\)"):
+        forward_kl.fit(jax.random.key(0), flow, flow.init(jax.random.key(1)), data, optimizer=optax.noisy_sgd(1e-2),
+                       num_steps=20, chunk_size=10, checkpoint_dir=tmp_path, progress=False,
+                       callback=lambda state, history: pytest.fail("trained before refusing"))
+    with pytest.raises(ValueError, match=r"its leaf params/w is empty \(shape \(0,\)\)"):
+        checkpoint.check_saveable({"params": {"w": jnp.zeros(0)}}, "the state")
+
+
 def test_leaves_in_another_order_are_refused(tmp_path):
     """Leaves are restored by position: a dict's (b, w) went into a NamedTuple's (w, b) swapped, without a word."""
     from typing import NamedTuple

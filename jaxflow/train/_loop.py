@@ -271,6 +271,7 @@ def resume(directory, key, state: TrainState, extra=None, *, origin: str):
         raise ValueError(f"checkpoint_dir must be a directory (or a path to create one), got the file {directory}.")
     from jaxflow import checkpoint  # orbax takes seconds to import: only when checkpoints are asked for
 
+    checkpoint.check_saveable(state, "the training state (params and optimizer state)")
     if checkpoint.latest(directory) is None:
         return None
     snapshot = checkpoint.restore(directory, state, extra=extra, origin=origin)
