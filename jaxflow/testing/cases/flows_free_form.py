@@ -5,12 +5,14 @@ deterministic builder. Their numerical inverses (tanh planar and Sylvester root 
 residual fixed points, mixture-CDF root finds) run to a few machine epsilons per layer,
 and two stacked layers keep round trips and log-dets far inside the defaults.
 
-The Flow++ cases cap the param scale at 0.5. At scale 1, two stacked random mixture
+The Flow++ cases cap the param scale at 0.3. At scale 1, two stacked random mixture
 couplings with ActNorms reach condition numbers of 1e7 to 1e8 (|x| = 1e-3 sent to
 |y| = 4e7): sampling's root finds are exact to rounding in y, and the round trip loses
-cond * eps (measured 5e-8 against a bound of 4e-2 in float64), more than 1e-9. A single
-coupling at scale 1 is checked in `cases/mixture_cdf.py`; at scales <= 0.5 the
-stacked round trips stay within the defaults (60 hypothesis examples per case).
+cond * eps (measured 5e-8 against a bound of 4e-2 in float64), more than 1e-9. At scale
+0.5 every run of 60 hypothesis examples per case found such a draw (a newer hypothesis drew
+one in the default 4: seed 20000 at input scale 2.5 lost 2.9e-7); at 0.3 seven runs of 60
+per case stayed within the defaults. A single coupling at scale 1 is checked in
+`cases/mixture_cdf.py`.
 
 The stochastic residual flow returns one random log-det estimate per key. As in
 `cases/residual.py`, it is registered with `log_det_tol` set to a bound on the
@@ -37,7 +39,7 @@ CONTEXT_DIM = 2
 HIDDEN = (8,)
 STOCHASTIC_LIPSCHITZ = 0.45  # below 1 - p = 0.5, so the roulette estimates are bounded
 STOP_PROBABILITY = 0.5
-FLOWPP_MAX_PARAM_SCALE = 0.5  # see the module docstring
+FLOWPP_MAX_PARAM_SCALE = 0.3  # see the module docstring
 
 
 def _capped_perturbation(bijector, key, scale):
